@@ -1,0 +1,61 @@
+# hostwatch: every set-up step lives here, so a fresh Debian 12 machine needs only `make run` or
+# `make test` (as root, or with sudo for the apt step). All targets are idempotent.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+# Debian packages: building systemd-python (gcc, pkg-config, libsystemd-dev), the venv, and the
+# real parts the tests use (journald, ip/netns, nftables, prometheus with promtool).
+RUN_DEBS := python3-venv python3-dev gcc pkg-config libsystemd-dev
+TEST_DEBS := $(RUN_DEBS) systemd iproute2 nftables prometheus procps iputils-ping
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint typecheck unit check deps-run deps-test clean
+
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+deps-run:
+	$(call apt_install,$(RUN_DEBS))
+
+deps-test:
+	$(call apt_install,$(TEST_DEBS))
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.stamp-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.stamp-run
+
+run: deps-run $(VENV)/.stamp-run
+	$(BIN)/hostwatch $(ARGS)
+
+lint: deps-test $(VENV)/.stamp-test
+	$(BIN)/ruff check src tests
+
+typecheck: deps-test $(VENV)/.stamp-test
+	$(BIN)/mypy
+
+unit: deps-test $(VENV)/.stamp-test
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

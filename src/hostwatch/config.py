@@ -1,0 +1,1196 @@
+"""YAML configuration → `hostwatch.model.Config`: strict, and every problem has a location.
+
+The text is *composed* (not loaded) with PyYAML's SafeLoader, so every value keeps its line and
+column; anchors, aliases, merge keys, custom tags, duplicate keys and non-string keys are refused
+on that node tree. The tree is then checked against the schema, collecting every problem, and one
+`ConfigError` lists them all, sorted by position. Defaults come from `hostwatch.model.DEFAULTS`.
+
+Strings from the file (names, hosts, labels) are validated here and are never given to a shell.
+Messages show them with `repr()`, cut to 60 characters, so control characters and huge values
+cannot garble a terminal or the journal.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import ipaddress
+import math
+import os
+import re
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, TypeAlias, TypeGuard, TypeVar
+
+import yaml
+from yaml.reader import ReaderError
+
+from hostwatch.model import (
+    DEFAULTS,
+    Config,
+    IcmpMode,
+    IcmpSettings,
+    IpProtocol,
+    ProbeKind,
+    ProbeSpec,
+    SourceLocation,
+    TargetConfig,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_YAML",
+    "ConfigError",
+    "Problem",
+    "default_config",
+    "format_duration",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+_T = TypeVar("_T")
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+_EMBEDDED_SOURCE: Final = "<embedded default>"
+
+# The embedded default, parsed by the same parser. `${metrics_host}` is always a loopback address
+# and `${metrics_port}` the daemon's own metrics port (see `default_config`).
+DEFAULT_CONFIG_YAML: Final = """\
+# hostwatch embedded default: watch this machine's loopback and hostwatch's own metrics port.
+targets:
+  - name: loopback-v4
+    host: 127.0.0.1
+    probes:
+      icmp: {}
+  - name: loopback-v6
+    host: "::1"
+    probes:
+      icmp: {}
+  - name: hostwatch-metrics
+    host: "${metrics_host}"
+    probes:
+      tcp: {port: ${metrics_port}}
+"""
+
+_MAX_FILE_BYTES: Final = 16 * 1024 * 1024
+_MAX_DEPTH: Final = 64  # our schema nests 5 levels; deeper YAML is a mistake or an attack
+_SHOW_MAX: Final = 60
+_NAME_MAX: Final = 128
+_DNS_NAME_MAX: Final = 253
+_DNS_LABEL_MAX: Final = 63
+_LABEL_VALUE_MAX: Final = 1024
+_BUCKETS_MAX: Final = 40
+_DURATION_TEXT_MAX: Final = 64
+
+_YAML_TAG: Final = "tag:yaml.org,2002:"
+_SCALAR_TAGS: Final = frozenset(
+    _YAML_TAG + name for name in ("null", "bool", "int", "float", "str", "timestamp")
+)
+_ALIAS_TAG: Final = "!hostwatch/alias"  # stands in for a refused alias in the node tree
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]*")
+_NAME_CHARS: Final = frozenset(string.ascii_letters + string.digits + "._:@/+-")
+_DNS_LABEL_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+_DNS_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-")
+_LABEL_NAME_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_PLAIN_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_RESERVED_LABELS: Final = frozenset(
+    ("target", "ip", "probe", "state", "reason", "le", "quantile", "stat", "instance", "job")
+)
+
+_DURATION_RE: Final = re.compile(
+    r"(?:([0-9]+)y)?(?:([0-9]+)w)?(?:([0-9]+)d)?(?:([0-9]+)h)?"
+    r"(?:([0-9]+)m)?(?:([0-9]+)s)?(?:([0-9]+)ms)?"
+)
+_DAY_MS: Final = 86_400_000
+_DURATION_UNITS: Final = (
+    ("y", 365 * _DAY_MS), ("w", 7 * _DAY_MS), ("d", _DAY_MS), ("h", 3_600_000),
+    ("m", 60_000), ("s", 1_000), ("ms", 1),
+)
+
+_TOP_KEYS: Final = ("defaults", "icmp", "dns_refresh", "histogram_buckets", "targets")
+_SETTING_KEYS: Final = (
+    "interval", "timeout", "failure_threshold", "success_threshold", "window", "ip_protocol",
+    "labels",
+)
+_TARGET_KEYS: Final = ("name", "host", "probes", *_SETTING_KEYS)
+_ICMP_KEYS: Final = ("mode", "payload_size")
+_PROBE_KEYS: Final = tuple(kind.value for kind in ProbeKind)
+_SEE_DOCS: Final = "see docs/configuration.md for its keys"
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """Inclusive bounds of a number (seconds for durations)."""
+
+    low: float
+    high: float
+
+
+_INTERVAL: Final = _Range(0.1, 3600.0)
+_TIMEOUT: Final = _Range(0.01, 60.0)
+_DNS_REFRESH: Final = _Range(1.0, 86400.0)
+_THRESHOLD: Final = _Range(1, 1000)
+_WINDOW: Final = _Range(1, 10000)
+_PAYLOAD: Final = _Range(16, 1472)
+_PORT: Final = _Range(1, 65535)
+
+
+# --- public types ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a configuration: where, which key, and what to do about it.
+
+    `file` names the configuration when there is no `location` (a file that cannot be read).
+    """
+
+    location: SourceLocation | None
+    path: str  # e.g. `targets[1].timeout`; empty for the whole file
+    message: str
+    file: str = ""
+
+    def __str__(self) -> str:
+        where = str(self.location) if self.location is not None else self.file
+        return ": ".join(part for part in (where, self.path, self.message) if part)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `str()` is one line per problem."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[tuple[Problem, ...]]]:
+        return (type(self), (self.problems,))
+
+
+# --- public functions -----------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the YAML file at `path`; raise `ConfigError` naming every problem."""
+    source = os.fspath(path)
+    return parse_config(_decode(source, _read_file(source)), source)
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Validate YAML `text`; `source` names it in messages and becomes `Config.source`."""
+    context = _Context(source)
+    root = _compose(context, text)
+    config = _build_config(context, root)
+    if config is None or context.problems:
+        raise ConfigError(sorted(context.problems, key=_position))
+    return config
+
+
+def default_config(listen_host: str, listen_port: int) -> Config:
+    """The embedded default for a daemon whose metrics listen on `listen_host:listen_port`.
+
+    The metrics target always probes a loopback address: `::1` when `listen_host` is an IPv6
+    literal, else `127.0.0.1`; never `listen_host` itself. Call it with the bound port.
+    """
+    if isinstance(listen_port, bool) or not _PORT.low <= listen_port <= _PORT.high:
+        raise ValueError(f"listen_port must be the bound port from 1 to 65535, got {listen_port!r}")
+    text = string.Template(DEFAULT_CONFIG_YAML).substitute(
+        metrics_host=_loopback_for(listen_host), metrics_port=listen_port
+    )
+    return parse_config(text, _EMBEDDED_SOURCE)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number of seconds or a Prometheus duration string (`1h30m`, `500ms`).
+
+    Units are ms, s, m, h, d, w, y with whole amounts, largest first. Raises ValueError with a
+    message that says how to write the value.
+    """
+    if isinstance(value, str):
+        return _parse_duration_text(value)
+    if _is_number(value):
+        return _checked_seconds(value)
+    kind = "a boolean" if isinstance(value, bool) else type(value).__name__
+    raise ValueError(
+        f"expected a duration such as 2s or 500ms, or a number of seconds, got {kind}"
+        f" ({_show(value)})"
+    )
+
+
+def format_duration(seconds: float) -> str:
+    """The Prometheus form of `seconds` (`90.0` → `1m30s`); `0.0001s` style below 1 ms steps."""
+    if not math.isfinite(seconds) or seconds < 0 or seconds > 1e15:
+        return f"{seconds:g}s"
+    millis = round(seconds * 1000)
+    if millis == 0 or not math.isclose(millis, seconds * 1000, rel_tol=1e-9):
+        return f"{seconds:g}s"
+    parts = []
+    for unit, size in _DURATION_UNITS:
+        amount, millis = divmod(millis, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts)
+
+
+# --- reading the file -----------------------------------------------------------------------
+
+
+def _read_file(source: str) -> bytes:
+    """The file's bytes, or ConfigError saying why it cannot be read."""
+    try:
+        with open(source, "rb") as file:
+            data = file.read(_MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ConfigError([Problem(None, "", _os_error_message(err), source)]) from None
+    if len(data) > _MAX_FILE_BYTES:
+        message = "the file is larger than 16 MiB; check that the path names the configuration"
+        raise ConfigError([Problem(None, "", message, source)])
+    return data
+
+
+def _os_error_message(err: OSError) -> str:
+    """What went wrong opening the file, and what to do."""
+    if isinstance(err, FileNotFoundError):
+        return "cannot read: no such file; create it or pass the right path with --config.file"
+    if isinstance(err, IsADirectoryError):
+        return "cannot read: it is a directory; pass the path of the YAML file itself"
+    if isinstance(err, PermissionError):
+        return "cannot read: permission denied; make it readable by the user hostwatch runs as"
+    return f"cannot read: {err.strerror or err}; check the path and the file"
+
+
+def _decode(source: str, data: bytes) -> str:
+    """`data` as UTF-8 text, or ConfigError pointing at the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        column = len(data[line_start : err.start].decode("utf-8", "replace")) + 1
+        where = SourceLocation(source, data.count(b"\n", 0, err.start) + 1, column)
+        message = f"the file is not valid UTF-8 (byte 0x{data[err.start]:02x}); save it as UTF-8"
+        raise ConfigError([Problem(where, "", message, source)]) from None
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+def _clip(text: str) -> str:
+    """`text` cut to 60 characters, ending in `...` when cut."""
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 3] + "..."
+
+
+def _show(value: object) -> str:
+    """A value from the file as it is safe to print: `repr()`, cut to 60 characters."""
+    return _clip(repr(value))
+
+
+def _choices(names: Iterable[str]) -> str:
+    """`a`, `b`, `c` for a message."""
+    return ", ".join(f"`{name}`" for name in names)
+
+
+def _guess(word: str, names: Sequence[str]) -> str | None:
+    """The name closest to a misspelt `word`, if one is close."""
+    if len(word) > _SHOW_MAX:
+        return None
+    matches = difflib.get_close_matches(word, names, n=1)
+    return matches[0] if matches else None
+
+
+def _unknown_key(key: str, allowed: Sequence[str]) -> str:
+    """The message for a key the schema does not have."""
+    if not allowed:
+        return f"unknown key {_show(key)}; remove it (this takes no options yet)"
+    guess = _guess(key, allowed)
+    if guess is not None:
+        return f"unknown key {_show(key)}; did you mean `{guess}`?"
+    return f"unknown key {_show(key)}; remove it or use one of {_choices(allowed)}"
+
+
+def _join(path: str, key: str) -> str:
+    """The path of `key` inside `path`: `a.b`, or `a['odd key']` for keys unsafe to print."""
+    if _PLAIN_KEY_RE.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{_show(key)}]"
+
+
+def _position(problem: Problem) -> tuple[bool, int, int]:
+    """Sort key: problems without a location first, then by line and column."""
+    where = problem.location
+    return (where is not None, where.line if where else 0, where.column if where else 0)
+
+
+# --- composing YAML into a located tree -----------------------------------------------------
+
+
+class _Reported(enum.Enum):
+    """Marks a value whose problem is already recorded, so no second message follows."""
+
+    VALUE = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """A scalar: its Python value (None, bool, int, float, str, date) and its text as written."""
+
+    at: SourceLocation
+    value: object
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Seq:
+    at: SourceLocation
+    items: tuple[_Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    key_at: SourceLocation
+    node: _Node
+
+
+@dataclass(frozen=True, slots=True)
+class _Map:
+    at: SourceLocation
+    fields: Mapping[str, _Field]
+
+
+_Node: TypeAlias = _Leaf | _Seq | _Map
+
+
+@dataclass(slots=True)
+class _Context:
+    """The problems found so far in one file."""
+
+    source: str
+    problems: list[Problem] = field(default_factory=list)
+
+    def at(self, mark: yaml.Mark) -> SourceLocation:
+        """PyYAML's 0-based mark as a 1-based location."""
+        return SourceLocation(self.source, mark.line + 1, mark.column + 1)
+
+    def add(self, at: SourceLocation | None, path: str, message: str) -> None:
+        self.problems.append(Problem(at, path, message, self.source))
+
+
+class _TooDeepError(yaml.MarkedYAMLError):
+    """The YAML nests deeper than any configuration needs."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that never follows aliases, forgets anchors and bounds nesting depth."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.depth = 0
+        self.anchored: dict[int, str] = {}  # id(node) → anchor name, to report later
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in the stubs
+        if self.depth >= _MAX_DEPTH:
+            message = (
+                f"the YAML nests deeper than {_MAX_DEPTH} levels, a configuration needs 5;"
+                " check the brackets"
+            )
+            raise _TooDeepError(problem=message, problem_mark=event.start_mark)
+        if self.check_event(yaml.AliasEvent):
+            self.get_event()  # type: ignore[no-untyped-call]
+            return yaml.ScalarNode(_ALIAS_TAG, event.anchor, event.start_mark, event.end_mark)
+        self.anchors.clear()  # anchors are refused; forgetting them also allows duplicates
+        self.depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if event.anchor is not None and node is not None:
+            self.anchored[id(node)] = event.anchor
+        return node
+
+
+def _compose(context: _Context, text: str) -> _Node | None:
+    """The located tree of `text`, or None for an empty file; ConfigError on invalid YAML."""
+    try:
+        loader = _Loader(text)
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        raise ConfigError([_yaml_problem(context, text, err)]) from None
+    return None if root is None else _Converter(context, loader).node(root, "")
+
+
+def _yaml_problem(context: _Context, text: str, err: yaml.YAMLError) -> Problem:
+    """The problem for a YAML error PyYAML raised."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = context.at(mark) if mark is not None else None
+        return Problem(where, "", _syntax_message(err), context.source)
+    if isinstance(err, ReaderError) and isinstance(err.position, int):
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - text.rfind("\n", 0, err.position)
+        char = chr(err.character) if isinstance(err.character, int) else err.character
+        message = f"the character {_show(char)} is not allowed in a YAML file; remove it"
+        return Problem(SourceLocation(context.source, line, column), "", message, context.source)
+    return Problem(None, "", f"invalid YAML: {err}; fix the syntax", context.source)
+
+
+def _syntax_message(err: yaml.MarkedYAMLError) -> str:
+    """PyYAML's explanation, followed by what to check."""
+    if isinstance(err, _TooDeepError):
+        return err.problem or ""
+    what = _syntax_what(err)
+    if "'\\t'" in what:
+        return f"invalid YAML: {what}; indent with spaces, not tabs"
+    if "another document" in what:
+        return f"invalid YAML: {what}; remove the `---` line, hostwatch reads one document"
+    return f"invalid YAML: {what}; check the indentation, quotes and colons here"
+
+
+def _syntax_what(err: yaml.MarkedYAMLError) -> str:
+    """PyYAML's problem with its context: `problem (while ... at line L, column C)`."""
+    problem, where = err.problem or "", err.context or ""
+    if not where.startswith("while"):
+        return f"{where}, {problem}" if where and problem else where or problem
+    mark, at = err.context_mark, err.problem_mark
+    if mark is None or (at is not None and (mark.line, mark.column) == (at.line, at.column)):
+        return f"{problem} ({where})"
+    return f"{problem} ({where} at line {mark.line + 1}, column {mark.column + 1})"
+
+
+@dataclass(frozen=True, slots=True)
+class _Converter:
+    """Turns PyYAML nodes into `_Node`s, recording structural problems on the way."""
+
+    context: _Context
+    loader: _Loader
+
+    def node(self, node: yaml.Node, path: str) -> _Node:
+        at = self.context.at(node.start_mark)
+        anchor = self.loader.anchored.get(id(node))
+        if anchor is not None:
+            self.refuse(at, path, f"YAML anchors (`&{_clip(anchor)}`) are not allowed")
+        if isinstance(node, yaml.MappingNode) and node.tag == _YAML_TAG + "map":
+            return self.mapping(node, at, path)
+        if isinstance(node, yaml.SequenceNode) and node.tag == _YAML_TAG + "seq":
+            return _Seq(at, tuple(self.node(n, f"{path}[{i}]") for i, n in enumerate(node.value)))
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, at, path)
+        message = f"the YAML tag {_show(node.tag)} is not supported; remove the tag"
+        self.context.add(at, path, message)
+        return _Leaf(at, _Reported.VALUE, "")
+
+    def refuse(self, at: SourceLocation, path: str, what: str) -> None:
+        self.context.add(at, path, f"{what}; write the value out in full")
+
+    def scalar(self, node: yaml.ScalarNode, at: SourceLocation, path: str) -> _Leaf:
+        raw = str(node.value)
+        if node.tag == _ALIAS_TAG:
+            self.refuse(at, path, f"YAML aliases (`*{_clip(raw)}`) are not allowed")
+        elif node.tag not in _SCALAR_TAGS:
+            message = f"the YAML tag {_show(node.tag)} is not supported; remove the tag"
+            self.context.add(at, path, message)
+        else:
+            try:
+                return _Leaf(at, self.loader.construct_object(node), raw)
+            except (yaml.YAMLError, ValueError, OverflowError):
+                kind = node.tag.removeprefix(_YAML_TAG)
+                self.context.add(at, path, f"{_show(raw)} is not a valid {kind}; fix or quote it")
+        return _Leaf(at, _Reported.VALUE, raw)
+
+    def mapping(self, node: yaml.MappingNode, at: SourceLocation, path: str) -> _Map:
+        fields: dict[str, _Field] = {}
+        for key_node, value_node in node.value:
+            key = self.key(key_node, path)
+            if key is None:
+                continue
+            key_at = self.context.at(key_node.start_mark)
+            first = fields.get(key)
+            if first is not None:
+                where = f"line {first.key_at.line}, column {first.key_at.column}"
+                message = f"duplicate key {_show(key)} (first at {where}); keep only one"
+                self.context.add(key_at, path, message)
+                continue
+            fields[key] = _Field(key_at, self.node(value_node, _join(path, key)))
+        return _Map(at, fields)
+
+    def key(self, node: yaml.Node, path: str) -> str | None:
+        """The key as a string, or None after recording why it cannot be one."""
+        at = self.context.at(node.start_mark)
+        if node.tag == _YAML_TAG + "merge":
+            message = "YAML merge keys (`<<`) are not allowed; write the keys out in full"
+            self.context.add(at, path, message)
+            return None
+        key = self.node(node, path)
+        if isinstance(key, _Leaf) and isinstance(key.value, str) and node.tag == _YAML_TAG + "str":
+            return key.value
+        if not _reported(key):
+            hint = f': "{_clip(key.raw)}"' if isinstance(key, _Leaf) else ""
+            message = f"keys must be strings, got {_describe(key)}; quote the key{hint}"
+            self.context.add(at, path, message)
+        return None
+
+
+def _reported(node: _Node) -> bool:
+    return isinstance(node, _Leaf) and node.value is _Reported.VALUE
+
+
+def _describe(node: _Node) -> str:
+    """What the node is, for `expected X, got Y`."""
+    if isinstance(node, _Map):
+        return "a mapping"
+    if isinstance(node, _Seq):
+        return "a list"
+    value = node.value
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"a string ({_show(value)})"
+    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a number"))
+    kind = next((name for cls, name in kinds if isinstance(value, cls)), "a date")
+    return f"{kind} ({_clip(node.raw)})"
+
+
+# --- checking values ------------------------------------------------------------------------
+
+
+def _wrong_type(context: _Context, node: _Node, path: str, expected: str, todo: str) -> None:
+    """Record `expected X, got Y; todo` unless the node's problem is already recorded."""
+    if not _reported(node):
+        context.add(node.at, path, f"expected {expected}, got {_describe(node)}; {todo}")
+
+
+def _quote_hint(node: _Node, fallback: str) -> str:
+    """`quote it: "5"` for a scalar YAML read as a number or boolean, else `fallback`."""
+    if isinstance(node, _Leaf) and node.value is not None and not isinstance(node.value, str):
+        return f'quote it: "{_clip(node.raw)}"'
+    return fallback
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """Whether `value` is an integer; a boolean is not."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """Whether `value` is an integer or a float; a boolean is neither."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(context: _Context, node: _Node, path: str, limits: _Range) -> int | None:
+    low, high = int(limits.low), int(limits.high)
+    if not isinstance(node, _Leaf) or not _is_int(node.value):
+        todo = f"write a whole number from {low} to {high}"
+        _wrong_type(context, node, path, "an integer", todo)
+        return None
+    if not low <= node.value <= high:
+        message = f"{_clip(node.raw)} is out of range; use a whole number from {low} to {high}"
+        context.add(node.at, path, message)
+        return None
+    return node.value
+
+
+def _duration(context: _Context, node: _Node, path: str, limits: _Range) -> float | None:
+    value = node.value if isinstance(node, _Leaf) else None
+    if not isinstance(value, str) and not _is_number(value):
+        _wrong_type(context, node, path, "a duration", "write one such as 2s, 500ms or 1m30s")
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as err:
+        context.add(node.at, path, str(err))
+        return None
+    message = _duration_range_problem(seconds, limits, path.rpartition(".")[2])
+    if message:
+        context.add(node.at, path, message)
+        return None
+    return seconds
+
+
+def _duration_range_problem(seconds: float, limits: _Range, key: str) -> str:
+    """Why `seconds` is outside `limits`, or an empty string."""
+    shown, low, high = (format_duration(x) for x in (seconds, limits.low, limits.high))
+    if seconds < limits.low:
+        return f"{shown} is shorter than the minimum {low}; set {key} to at least {low}"
+    if seconds > limits.high:
+        return f"{shown} is longer than the maximum {high}; set {key} to at most {high}"
+    return ""
+
+
+def _choice(context: _Context, node: _Node, path: str, kind: type[_E]) -> _E | None:
+    value = node.value if isinstance(node, _Leaf) else None
+    names = [member.value for member in kind]
+    if not isinstance(value, str):
+        _wrong_type(context, node, path, f"one of {_choices(names)}", "write one of them")
+        return None
+    if value in names:
+        return kind(value)
+    guess = _guess(value, names)
+    todo = f"did you mean `{guess}`?" if guess else "use one of them"
+    context.add(node.at, path, f"{_show(value)} is not one of {_choices(names)}; {todo}")
+    return None
+
+
+def _string(context: _Context, node: _Node, path: str, todo: str) -> str | None:
+    value = node.value if isinstance(node, _Leaf) else None
+    if isinstance(value, str):
+        return value
+    _wrong_type(context, node, path, "a string", _quote_hint(node, todo))
+    return None
+
+
+def _parse_duration_text(text: str) -> float:
+    """Seconds from a Prometheus duration string."""
+    match = _DURATION_RE.fullmatch(text) if len(text) <= _DURATION_TEXT_MAX else None
+    if text == "0":
+        return 0.0
+    if match is None or not text:
+        raise ValueError(_bad_duration_message(text))
+    amounts = zip(match.groups(), _DURATION_UNITS, strict=True)
+    millis = sum(int(amount) * size for amount, (_, size) in amounts if amount)
+    return millis / 1000
+
+
+def _bad_duration_message(text: str) -> str:
+    if not text:
+        return "the duration is empty; write one such as 2s, 500ms or 1m30s"
+    if text.isascii() and text.isdigit():
+        return f"{_show(text)} has no unit; write {text}s for seconds, or {text} without quotes"
+    return (
+        f"{_show(text)} is not a valid duration; write whole numbers with units ms, s, m, h, d, "
+        "w, y from largest to smallest, such as 1m30s or 500ms"
+    )
+
+
+def _checked_seconds(value: float) -> float:
+    """`value` seconds as a float, if finite and not negative."""
+    try:
+        seconds = float(value)
+    except OverflowError:
+        message = "the number of seconds is too large; write a duration such as 1h"
+        raise ValueError(message) from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"{seconds} is not a finite number of seconds; write one such as 2")
+    if seconds < 0:
+        raise ValueError(f"{_show(value)} is negative; durations must be 0 or more seconds")
+    return seconds
+
+
+# --- checking strings: names, hosts, labels -------------------------------------------------
+
+
+def _check_name(text: str) -> None:
+    """Raise ValueError unless `text` is a valid target name."""
+    allowed = "letters, digits and . _ : @ / + -, starting with a letter or digit"
+    if not text:
+        raise ValueError(f"the name is empty; use 1 to {_NAME_MAX} characters: {allowed}")
+    if len(text) > _NAME_MAX:
+        raise ValueError(f"{_show(text)} is {len(text)} characters long; use at most {_NAME_MAX}")
+    if not _NAME_RE.fullmatch(text):
+        bad = next((c for c in text if c not in _NAME_CHARS), text[0])
+        raise ValueError(
+            f"{_show(text)} is not a valid name: {_show(bad)} is not allowed here;"
+            f" use only {allowed}"
+        )
+
+
+def _normalise_host(text: str) -> str:
+    """`text` as the canonical IP literal or lowercase DNS name; ValueError if it is neither."""
+    if not text:
+        raise ValueError("the host is empty; write an IP address or a DNS name such as localhost")
+    if len(text) > _DNS_NAME_MAX + 1:
+        raise ValueError(f"{_show(text)} is {len(text)} characters long; use at most 253")
+    if text.startswith("[") and text.endswith("]"):
+        raise ValueError(f"{_show(text)} has brackets; write the address without them")
+    if ":" in text:
+        return _ipv6(text)
+    if text.rstrip(".").rpartition(".")[2].isdecimal():
+        return _ipv4(text)
+    return _dns_name(text)
+
+
+def _ipv6(text: str) -> str:
+    if "%" in text:
+        raise ValueError(f"{_show(text)} has a zone id; zone ids are not supported, remove it")
+    try:
+        return str(ipaddress.IPv6Address(text))
+    except ValueError:
+        raise ValueError(
+            f"{_show(text)} is not a valid IPv6 address; write one such as ::1"
+            " (a port belongs in probes.tcp.port, not in host)"
+        ) from None
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(
+            f"{_show(text)} is not a valid IPv4 address; write four numbers from 0 to 255"
+            " without leading zeros, such as 127.0.0.1"
+        ) from None
+
+
+def _dns_name(text: str) -> str:
+    name = text.removesuffix(".")
+    if len(name) > _DNS_NAME_MAX:
+        raise ValueError(f"{_show(text)} is {len(name)} characters long; use at most 253")
+    for label in name.split("."):
+        if not _DNS_LABEL_RE.fullmatch(label) or len(label) > _DNS_LABEL_MAX:
+            raise ValueError(
+                f"{_show(text)} is not a valid host name: {_dns_label_problem(label)}; write an"
+                " IP address or a DNS name of letters, digits, '-' and '.'"
+            )
+    return text.lower()
+
+
+def _dns_label_problem(label: str) -> str:
+    if not label:
+        return "it has an empty label"
+    bad = next((c for c in label if c not in _DNS_CHARS), None)
+    if bad is not None:
+        return f"{_show(bad)} is not allowed"
+    if len(label) > _DNS_LABEL_MAX:
+        return f"a label is longer than {_DNS_LABEL_MAX} characters"
+    return f"the label {_show(label)} starts or ends with '-'"
+
+
+def _label_name_problem(name: str) -> str:
+    """Why `name` cannot be a label name, or an empty string."""
+    if not _LABEL_NAME_RE.fullmatch(name):
+        return (
+            f"{_show(name)} is not a valid label name; use letters, digits and _,"
+            " not starting with a digit"
+        )
+    if name.startswith("__"):
+        return f"{_show(name)} starts with `__`, which Prometheus reserves; rename it"
+    if name in _RESERVED_LABELS:
+        return f"{_show(name)} is a label hostwatch sets itself; choose another name"
+    return ""
+
+
+def _label_value_problem(value: str) -> str:
+    """Why `value` cannot be a label value, or an empty string."""
+    if len(value) > _LABEL_VALUE_MAX:
+        return f"{_show(value)} is {len(value)} characters long; use at most {_LABEL_VALUE_MAX}"
+    control = _CONTROL_RE.search(value)
+    if control is not None:
+        return f"{_show(value)} contains the control character {_show(control.group())}; remove it"
+    return ""
+
+
+def _loopback_for(listen_host: str) -> str:
+    """`::1` for an IPv6 literal listen address, else `127.0.0.1`: never a non-loopback address."""
+    host = listen_host.removeprefix("[").removesuffix("]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "127.0.0.1"
+    return "::1" if address.version == 6 else "127.0.0.1"
+
+
+# --- the schema -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    """A mapping of the schema: typed accessors that record problems and return None."""
+
+    context: _Context
+    map: _Map
+    path: str
+
+    def allow(self, keys: Sequence[str]) -> None:
+        for key, entry in self.map.fields.items():
+            if key not in keys:
+                self.context.add(entry.key_at, self.path, _unknown_key(key, keys))
+
+    def get(self, key: str) -> _Node | None:
+        entry = self.map.fields.get(key)
+        return None if entry is None else entry.node
+
+    def at(self, key: str) -> SourceLocation | None:
+        node = self.get(key)
+        return None if node is None else node.at
+
+    def sub(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def require(self, key: str, todo: str) -> _Node | None:
+        node = self.get(key)
+        if node is None:
+            self.context.add(self.map.at, self.path, f"missing required key `{key}`; {todo}")
+        return node
+
+    def integer(self, key: str, limits: _Range) -> int | None:
+        node = self.get(key)
+        return None if node is None else _integer(self.context, node, self.sub(key), limits)
+
+    def duration(self, key: str, limits: _Range) -> float | None:
+        node = self.get(key)
+        return None if node is None else _duration(self.context, node, self.sub(key), limits)
+
+    def choice(self, key: str, kind: type[_E]) -> _E | None:
+        node = self.get(key)
+        return None if node is None else _choice(self.context, node, self.sub(key), kind)
+
+    def section(self, key: str, expected: str, todo: str = _SEE_DOCS) -> _Section | None:
+        """The nested mapping at `key` (null counts as empty); None if absent or not a mapping."""
+        node = self.get(key)
+        return None if node is None else _open(self.context, node, self.sub(key), expected, todo)
+
+
+def _open(
+    context: _Context, node: _Node, path: str, expected: str, todo: str = _SEE_DOCS
+) -> _Section | None:
+    """`node` as a section; null is an empty one. Records a problem for anything else."""
+    if isinstance(node, _Map):
+        return _Section(context, node, path)
+    if isinstance(node, _Leaf) and node.value is None:
+        return _Section(context, _Map(node.at, {}), path)
+    _wrong_type(context, node, path, expected, todo)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """The keys of `defaults` a mapping sets; None where absent or invalid."""
+
+    interval: float | None = None
+    timeout: float | None = None
+    failure_threshold: int | None = None
+    success_threshold: int | None = None
+    window: int | None = None
+    ip_protocol: IpProtocol | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    interval_at: SourceLocation | None = None  # where written, even if invalid
+    timeout_at: SourceLocation | None = None
+
+    def over(self, base: _Settings) -> _Settings:
+        """These settings with `base` filling the gaps; labels merged, ours winning."""
+        return _Settings(
+            interval=_or(self.interval, base.interval),
+            timeout=_or(self.timeout, base.timeout),
+            failure_threshold=_or(self.failure_threshold, base.failure_threshold),
+            success_threshold=_or(self.success_threshold, base.success_threshold),
+            window=_or(self.window, base.window),
+            ip_protocol=_or(self.ip_protocol, base.ip_protocol),
+            labels={**base.labels, **self.labels},
+        )
+
+
+def _or(value: _T | None, fallback: _T) -> _T:
+    return fallback if value is None else value
+
+
+def _read_settings(section: _Section) -> _Settings:
+    return _Settings(
+        interval=section.duration("interval", _INTERVAL),
+        timeout=section.duration("timeout", _TIMEOUT),
+        failure_threshold=section.integer("failure_threshold", _THRESHOLD),
+        success_threshold=section.integer("success_threshold", _THRESHOLD),
+        window=section.integer("window", _WINDOW),
+        ip_protocol=section.choice("ip_protocol", IpProtocol),
+        labels=_read_labels(section),
+        interval_at=section.at("interval"),
+        timeout_at=section.at("timeout"),
+    )
+
+
+def _check_timeout(context: _Context, own: _Settings, base: _Settings, path: str) -> None:
+    """Where `own` sets interval or timeout, the merged timeout must not exceed the interval."""
+    interval_bad = own.interval_at is not None and own.interval is None
+    timeout_bad = own.timeout_at is not None and own.timeout is None
+    if interval_bad or timeout_bad or (own.interval_at is None and own.timeout_at is None):
+        return
+    interval = _or(own.interval, _or(base.interval, DEFAULTS.interval))
+    timeout = _or(own.timeout, _or(base.timeout, DEFAULTS.timeout))
+    if timeout <= interval:
+        return
+    shown_interval, shown_timeout = format_duration(interval), format_duration(timeout)
+    if own.timeout_at is not None:
+        inherited = _inherited(own.interval, base.interval, "interval")
+        message = (
+            f"{shown_timeout} is longer than the interval {shown_interval}{inherited};"
+            " set timeout to at most the interval"
+        )
+        context.add(own.timeout_at, f"{path}.timeout", message)
+        return
+    inherited = _inherited(own.timeout, base.timeout, "timeout")
+    message = (
+        f"{shown_interval} is shorter than the timeout {shown_timeout}{inherited};"
+        f" set timeout to at most {shown_interval} here too, or use a longer interval"
+    )
+    context.add(own.interval_at, f"{path}.interval", message)
+
+
+def _inherited(own: float | None, base: float | None, key: str) -> str:
+    """Where a value not set here comes from, for a message."""
+    if own is not None:
+        return ""
+    return f" (from defaults.{key})" if base is not None else " (the built-in default)"
+
+
+def _read_labels(section: _Section) -> dict[str, str]:
+    """The valid labels of `section`; problems recorded for the others."""
+    labels = section.section("labels", "a mapping of label names to strings")
+    if labels is None:
+        return {}
+    result: dict[str, str] = {}
+    for name, entry in labels.map.fields.items():
+        problem = _label_name_problem(name)
+        if problem:
+            section.context.add(entry.key_at, labels.path, problem)
+            continue
+        value = _label_value(section.context, entry.node, labels.sub(name))
+        if value is not None:
+            result[name] = value
+    return result
+
+
+def _label_value(context: _Context, node: _Node, path: str) -> str | None:
+    value = _string(context, node, path, "write a string value")
+    problem = "" if value is None else _label_value_problem(value)
+    if problem:
+        context.add(node.at, path, problem)
+        return None
+    return value
+
+
+def _build_config(context: _Context, root: _Node | None) -> Config | None:
+    """The Config, or None after recording every problem of the file."""
+    if root is None:
+        context.add(None, "", "the file has no YAML document; write at least `targets: []`")
+        return None
+    top = _open(context, root, "", "a mapping", "write `key: value` lines such as `targets: []`")
+    if top is None:
+        return None
+    top.allow(_TOP_KEYS)
+    defaults_section = top.section("defaults", "a mapping of default target settings")
+    if defaults_section is not None:
+        defaults_section.allow(_SETTING_KEYS)
+    defaults = _read_settings(defaults_section) if defaults_section else _Settings()
+    _check_timeout(context, defaults, _Settings(), "defaults")
+    icmp = _read_icmp(top)
+    dns_refresh = top.duration("dns_refresh", _DNS_REFRESH)
+    buckets = _read_buckets(top)
+    targets = _read_targets(top, defaults)
+    if context.problems or targets is None:
+        return None
+    return Config(
+        targets=targets,
+        icmp=icmp,
+        dns_refresh=_or(dns_refresh, DEFAULTS.dns_refresh),
+        histogram_buckets=_or(buckets, DEFAULTS.histogram_buckets),
+        source=context.source,
+    )
+
+
+def _read_icmp(top: _Section) -> IcmpSettings:
+    section = top.section("icmp", "a mapping with `mode` and `payload_size`")
+    if section is None:
+        return IcmpSettings()
+    section.allow(_ICMP_KEYS)
+    return IcmpSettings(
+        mode=_or(section.choice("mode", IcmpMode), DEFAULTS.icmp_mode),
+        payload_size=_or(section.integer("payload_size", _PAYLOAD), DEFAULTS.icmp_payload_size),
+    )
+
+
+def _read_buckets(top: _Section) -> tuple[float, ...] | None:
+    node, path = top.get("histogram_buckets"), "histogram_buckets"
+    if node is None:
+        return None
+    if not isinstance(node, _Seq):
+        _wrong_type(top.context, node, path, "a list of numbers", "write one such as [0.01, 0.1]")
+        return None
+    if not 1 <= len(node.items) <= _BUCKETS_MAX:
+        count = f"{len(node.items)} buckets are too many" if node.items else "no buckets"
+        message = f"{count}; give 1 to {_BUCKETS_MAX} upper bounds in seconds"
+        top.context.add(node.at, path, message)
+        return None
+    bounds = [_bucket(top.context, item, f"{path}[{i}]") for i, item in enumerate(node.items)]
+    if not _increasing(top.context, node.items, bounds, path):
+        return None
+    return tuple(bound for bound in bounds if bound is not None)
+
+
+def _bucket(context: _Context, node: _Node, path: str) -> float | None:
+    if not isinstance(node, _Leaf) or not _is_number(node.value):
+        _wrong_type(context, node, path, "a number", "write seconds without unit or quotes")
+        return None
+    if node.value == math.inf:
+        message = f"{_clip(node.raw)} is not a valid bound; remove it, the +Inf bucket is implied"
+        context.add(node.at, path, message)
+        return None
+    try:
+        bound = _checked_seconds(node.value)
+    except ValueError as err:
+        context.add(node.at, path, str(err))
+        return None
+    if bound == 0:
+        context.add(node.at, path, f"{_clip(node.raw)} is not positive; use a bound above 0")
+        return None
+    return bound
+
+
+def _increasing(
+    context: _Context, nodes: Sequence[_Node], bounds: Sequence[float | None], path: str
+) -> bool:
+    """Whether the valid `bounds` strictly increase; records each one that does not."""
+    previous: float | None = None
+    ok = all(bound is not None for bound in bounds)
+    for index, (node, bound) in enumerate(zip(nodes, bounds, strict=True)):
+        if bound is None:
+            continue
+        if previous is not None and bound <= previous:
+            message = (
+                f"{_clip(str(bound))} is not above the previous bound {_clip(str(previous))};"
+                " list the bounds in strictly increasing order"
+            )
+            context.add(node.at, f"{path}[{index}]", message)
+            ok = False
+        previous = bound
+    return ok
+
+
+def _read_targets(top: _Section, defaults: _Settings) -> tuple[TargetConfig, ...] | None:
+    node = top.require("targets", "add a list of targets (`targets: []` for none)")
+    if node is None:
+        return None
+    if not isinstance(node, _Seq):
+        _wrong_type(top.context, node, "targets", "a list", "write `- name: ...` items")
+        return None
+    seen: dict[str, SourceLocation] = {}
+    found = [
+        _read_target(top.context, item, f"targets[{index}]", defaults, seen)
+        for index, item in enumerate(node.items)
+    ]
+    return tuple(target for target in found if target is not None)
+
+
+def _read_target(
+    context: _Context, node: _Node, path: str, defaults: _Settings, seen: dict[str, SourceLocation]
+) -> TargetConfig | None:
+    todo = "write the target as `name:`, `host:` and `probes:` keys"
+    section = _open(context, node, path, "a mapping with `name`, `host` and `probes`", todo)
+    if section is None:
+        return None
+    section.allow(_TARGET_KEYS)
+    name = _read_name(section, seen)
+    host = _read_host(section)
+    probes = _read_probes(section)
+    own = _read_settings(section)
+    _check_timeout(context, own, defaults, path)
+    if name is None or host is None or probes is None:
+        return None
+    return _make_target(name, host, probes, own.over(defaults), node.at)
+
+
+def _make_target(
+    name: str, host: str, probes: tuple[ProbeSpec, ...], settings: _Settings, at: SourceLocation
+) -> TargetConfig:
+    return TargetConfig(
+        name=name,
+        host=host,
+        probes=probes,
+        interval=_or(settings.interval, DEFAULTS.interval),
+        timeout=_or(settings.timeout, DEFAULTS.timeout),
+        failure_threshold=_or(settings.failure_threshold, DEFAULTS.failure_threshold),
+        success_threshold=_or(settings.success_threshold, DEFAULTS.success_threshold),
+        window=_or(settings.window, DEFAULTS.window),
+        ip_protocol=_or(settings.ip_protocol, DEFAULTS.ip_protocol),
+        labels=tuple(sorted(settings.labels.items())),
+        source=at,
+    )
+
+
+def _read_name(section: _Section, seen: dict[str, SourceLocation]) -> str | None:
+    node = section.require("name", "add a unique `name`, such as `name: db1`")
+    if node is None:
+        return None
+    name = _string(section.context, node, section.sub("name"), "write the name as a string")
+    if name is None:
+        return None
+    try:
+        _check_name(name)
+    except ValueError as err:
+        section.context.add(node.at, section.sub("name"), str(err))
+        return None
+    return _unique(section, node.at, name, seen)
+
+
+def _unique(
+    section: _Section, at: SourceLocation, name: str, seen: dict[str, SourceLocation]
+) -> str | None:
+    first = seen.setdefault(name, at)
+    if first is at:
+        return name
+    message = (
+        f"duplicate target name {_show(name)} (first at line {first.line}, column"
+        f" {first.column}); give every target a unique name"
+    )
+    section.context.add(at, section.sub("name"), message)
+    return None
+
+
+def _read_host(section: _Section) -> str | None:
+    node = section.require("host", "add the address or DNS name to probe, such as `host: ::1`")
+    if node is None:
+        return None
+    host = _string(section.context, node, section.sub("host"), "write the host as a string")
+    if host is None:
+        return None
+    try:
+        return _normalise_host(host)
+    except ValueError as err:
+        section.context.add(node.at, section.sub("host"), str(err))
+        return None
+
+
+def _read_probes(section: _Section) -> tuple[ProbeSpec, ...] | None:
+    node = section.require("probes", "add at least one probe, such as `probes: {icmp: {}}`")
+    if node is None:
+        return None
+    probes = _open(section.context, node, section.sub("probes"), "a mapping of probe kinds")
+    if probes is None:
+        return None
+    probes.allow(_PROBE_KEYS)
+    if not probes.map.fields:
+        todo = f"add at least one of {_choices(_PROBE_KEYS)}, such as `icmp: {{}}`"
+        section.context.add(probes.map.at, probes.path, f"no probes; {todo}")
+        return None
+    kinds = [kind for kind in ProbeKind if kind.value in probes.map.fields]
+    specs = [_read_probe(probes, kind) for kind in kinds]
+    if not specs or None in specs:
+        return None
+    return tuple(spec for spec in specs if spec is not None)
+
+
+def _read_probe(probes: _Section, kind: ProbeKind) -> ProbeSpec | None:
+    if kind is ProbeKind.ICMP:
+        return _read_icmp_probe(probes)
+    return _read_tcp_probe(probes)
+
+
+def _read_tcp_probe(probes: _Section) -> ProbeSpec | None:
+    section = probes.section("tcp", "a mapping", "write one such as `tcp: {port: 22}`")
+    if section is None:
+        return None
+    section.allow(("port",))
+    if section.require("port", "add the TCP port to connect to, such as `port: 22`") is None:
+        return None
+    port = section.integer("port", _PORT)
+    return None if port is None else ProbeSpec(ProbeKind.TCP, port)
+
+
+def _read_icmp_probe(probes: _Section) -> ProbeSpec | None:
+    todo = "write `icmp: {}` (icmp probes have no options yet)"
+    section = probes.section("icmp", "an empty mapping", todo)
+    if section is None:
+        return None
+    section.allow(())
+    return ProbeSpec(ProbeKind.ICMP) if not section.map.fields else None

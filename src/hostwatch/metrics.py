@@ -1,0 +1,232 @@
+"""Every metric name and help text, and the Collector that reads them off the live state.
+
+Nothing is stored in prometheus-client metric objects: at scrape time `HostwatchCollector`
+walks the watches and the daemon's counters and yields metric families, so state is the truth
+and metrics are a view. No `_created` series are produced.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from hostwatch import __version__
+from hostwatch.journal import SinkStats
+from hostwatch.scheduler import LAG_BUCKETS, SchedulerStats
+from hostwatch.state import Health
+from hostwatch.watch import Watch
+
+__all__ = ["DaemonView", "HostwatchCollector", "ReloadStatus", "new_registry"]
+
+P = "hostwatch_"
+
+
+@dataclass(slots=True)
+class ReloadStatus:
+    """Outcome of the last config load (startup counts as the first)."""
+
+    successful: bool = False
+    success_timestamp: float = 0.0
+    source: str = ""
+
+
+@dataclass(slots=True)
+class DaemonView:
+    """What the collector reads; the daemon fills it in and keeps it current."""
+
+    watches: Callable[[], Iterable[Watch]]
+    scheduler: SchedulerStats
+    skipped_in_flight: Callable[[], int]
+    in_flight: Callable[[], dict[str, int]]
+    journal: SinkStats
+    reload: ReloadStatus
+    icmp_sockets: dict[str, str] = field(default_factory=dict)
+    slots: Callable[[], int] = lambda: 0
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def _watch_labels(watch: Watch) -> dict[str, str]:
+    last = watch.state.last_result
+    labels = {"target": watch.target.name, "ip": last.ip if last else "",
+              "probe": watch.spec.kind.value}
+    labels.update(watch.target.labels)
+    return labels
+
+
+class _Families:
+    """The per-target metric families of one scrape, filled watch by watch."""
+
+    def __init__(self) -> None:
+        m = Metric
+        self.success = m(P + "probe_success", "1 if the last probe succeeded, else 0.", "gauge")
+        self.state = m(P + "probe_state",
+                       "Current state of the probe: 1 for the state in the label.", "gauge")
+        self.rtt = m(P + "probe_rtt_seconds", "Round-trip time of successful probes.",
+                     "histogram")
+        self.last_rtt = m(P + "probe_last_rtt_seconds",
+                          "Round-trip time of the last successful probe.", "gauge")
+        self.sent = m(P + "probe_sent", "Probes sent.", "counter")
+        self.received = m(P + "probe_received", "Probes answered (success).", "counter")
+        self.failures = m(P + "probe_failures", "Failed probes by reason.", "counter")
+        self.transitions = m(P + "probe_transitions", "State transitions.", "counter")
+        self.last_change = m(P + "probe_last_transition_timestamp_seconds",
+                             "Unix time of the last state transition.", "gauge")
+        self.loss = m(P + "probe_loss_ratio",
+                      "Share of failed probes over the window (0-1).", "gauge")
+        self.window = m(P + "probe_window_rtt_seconds",
+                        "RTT statistic over the successful probes of the window.", "gauge")
+        self.window_size = m(P + "probe_window_results",
+                             "Results currently held in the window.", "gauge")
+
+    def add(self, watch: Watch) -> None:
+        labels = _watch_labels(watch)
+        st = watch.state
+        last = st.last_result
+        if last is not None:
+            self.success.add_sample(P + "probe_success", labels, 1.0 if last.ok else 0.0)
+            if last.ok and last.rtt is not None:
+                self.last_rtt.add_sample(P + "probe_last_rtt_seconds", labels, last.rtt)
+        for health in Health:
+            self.state.add_sample(P + "probe_state", {**labels, "state": health.value},
+                                  1.0 if st.health is health else 0.0)
+        self._histogram(labels, watch)
+        self.sent.add_sample(P + "probe_sent_total", labels, float(st.sent))
+        self.received.add_sample(P + "probe_received_total", labels, float(st.received))
+        for reason, count in sorted(st.failures.items()):
+            self.failures.add_sample(P + "probe_failures_total",
+                                     {**labels, "reason": reason.value}, float(count))
+        self.transitions.add_sample(P + "probe_transitions_total", labels,
+                                    float(st.transitions))
+        if st.last_transition_at is not None:
+            self.last_change.add_sample(P + "probe_last_transition_timestamp_seconds", labels,
+                                        st.last_transition_at)
+        self._window(labels, watch)
+
+    def _histogram(self, labels: dict[str, str], watch: Watch) -> None:
+        st = watch.state
+        cumulative = 0
+        bounds = (*watch.buckets, float("inf"))
+        for bound, count in zip(bounds, st.bucket_counts, strict=True):
+            cumulative += count
+            self.rtt.add_sample(P + "probe_rtt_seconds_bucket", {**labels, "le": _le(bound)},
+                                float(cumulative))
+        self.rtt.add_sample(P + "probe_rtt_seconds_count", labels, float(cumulative))
+        self.rtt.add_sample(P + "probe_rtt_seconds_sum", labels, st.rtt_sum)
+
+    def _window(self, labels: dict[str, str], watch: Watch) -> None:
+        stats = watch.state.window_stats()
+        self.window_size.add_sample(P + "probe_window_results", labels, float(stats.size))
+        if stats.size:
+            self.loss.add_sample(P + "probe_loss_ratio", labels, stats.loss_ratio)
+        values = (("min", stats.rtt_min), ("median", stats.rtt_median), ("max", stats.rtt_max),
+                  ("mean", stats.rtt_mean), ("stddev", stats.rtt_stddev))
+        for stat, value in values:
+            if value is not None:
+                self.window.add_sample(P + "probe_window_rtt_seconds",
+                                       {**labels, "stat": stat}, value)
+
+    def all(self) -> list[Metric]:
+        return [self.success, self.state, self.rtt, self.last_rtt, self.sent, self.received,
+                self.failures, self.transitions, self.last_change, self.loss, self.window,
+                self.window_size]
+
+
+class HostwatchCollector(Collector):
+    """Yields every hostwatch_* family from a DaemonView at scrape time."""
+
+    def __init__(self, view: DaemonView) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        families = _Families()
+        counts: dict[tuple[str, str], int] = {}
+        for watch in self._view.watches():
+            families.add(watch)
+            key = (watch.spec.kind.value, watch.state.health.value)
+            counts[key] = counts.get(key, 0) + 1
+        yield from families.all()
+        yield from self._daemon(counts)
+
+    def _daemon(self, counts: dict[tuple[str, str], int]) -> Iterator[Metric]:
+        v = self._view
+        yield _single(P + "build_info", "Build information; the value is always 1.", "gauge",
+                      {"version": __version__, "python_version": platform.python_version()}, 1)
+        targets = Metric(P + "targets", "Watches (target and probe pairs) by probe and state.",
+                         "gauge")
+        for (probe, state), count in sorted(counts.items()):
+            targets.add_sample(P + "targets", {"probe": probe, "state": state}, float(count))
+        yield targets
+        yield from self._scheduler()
+        in_flight = Metric(P + "probes_in_flight", "Probes started and not yet finished.",
+                           "gauge")
+        for probe, count in sorted(v.in_flight().items()):
+            in_flight.add_sample(P + "probes_in_flight", {"probe": probe}, float(count))
+        yield in_flight
+        yield from self._journal_and_config()
+
+    def _scheduler(self) -> Iterator[Metric]:
+        v = self._view
+        st = v.scheduler
+        lag = Metric(P + "scheduler_lag_seconds",
+                     "Delay between a slot job's scheduled time and its start.", "histogram")
+        cumulative = 0
+        for bound, count in zip((*LAG_BUCKETS, float("inf")), st.lag_counts, strict=True):
+            cumulative += count
+            lag.add_sample(P + "scheduler_lag_seconds_bucket", {"le": _le(bound)},
+                           float(cumulative))
+        lag.add_sample(P + "scheduler_lag_seconds_count", {}, float(cumulative))
+        lag.add_sample(P + "scheduler_lag_seconds_sum", {}, st.lag_sum)
+        yield lag
+        yield _single(P + "scheduler_runs", "Slot job runs.", "counter", {}, st.runs,
+                      suffix="_total")
+        skipped = Metric(P + "scheduler_skipped", "Runs or probes skipped, by reason.",
+                         "counter")
+        reasons = {**st.skipped, "in_flight": v.skipped_in_flight()}
+        for reason, count in sorted(reasons.items()):
+            skipped.add_sample(P + "scheduler_skipped_total", {"reason": reason}, float(count))
+        yield skipped
+        yield _single(P + "scheduler_slots", "Slot jobs scheduled.", "gauge", {}, v.slots())
+
+    def _journal_and_config(self) -> Iterator[Metric]:
+        v = self._view
+        yield _single(P + "log_messages", "Log and event entries written.", "counter", {},
+                      v.journal.written, suffix="_total")
+        yield _single(P + "log_messages_dropped",
+                      "Log and event entries dropped because the journal was slow or gone.",
+                      "counter", {}, v.journal.dropped, suffix="_total")
+        yield _single(P + "config_last_reload_successful",
+                      "1 if the last configuration load succeeded.", "gauge", {},
+                      1 if v.reload.successful else 0)
+        yield _single(P + "config_last_reload_success_timestamp_seconds",
+                      "Unix time of the last successful configuration load.", "gauge", {},
+                      v.reload.success_timestamp)
+        sockets = Metric(P + "icmp_socket_info",
+                         "The ICMP socket of each address family: raw, dgram, or unavailable.",
+                         "gauge")
+        for family, mode in sorted(v.icmp_sockets.items()):
+            kind = mode if mode in ("raw", "dgram") else "unavailable"
+            sockets.add_sample(P + "icmp_socket_info", {"family": family, "mode": kind}, 1.0)
+        yield sockets
+
+
+def _single(name: str, doc: str, kind: str, labels: dict[str, str], value: float, *,
+            suffix: str = "") -> Metric:
+    metric = Metric(name, doc, kind)
+    metric.add_sample(name + suffix, labels, float(value))
+    return metric
+
+
+def new_registry(view: DaemonView) -> CollectorRegistry:
+    """A fresh registry with the hostwatch collector and process metrics (process_*)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HostwatchCollector(view))
+    ProcessCollector(registry=registry)
+    return registry

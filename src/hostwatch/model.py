@@ -1,0 +1,127 @@
+"""The validated configuration: frozen values, built only by `hostwatch.config`.
+
+Every default lives in `Defaults`; the loader fills omitted keys from it, so the rest of the
+program never guesses.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DEFAULTS",
+    "Config",
+    "Defaults",
+    "IcmpMode",
+    "IcmpSettings",
+    "IpProtocol",
+    "ProbeKind",
+    "ProbeSpec",
+    "SourceLocation",
+    "TargetConfig",
+]
+
+
+class ProbeKind(enum.StrEnum):
+    """The probe types a target can run; the value is the config key and the metric label."""
+
+    ICMP = "icmp"
+    TCP = "tcp"
+
+
+class IpProtocol(enum.StrEnum):
+    """Which address family a target name resolves to (blackbox_exporter's `ip_protocol`)."""
+
+    AUTO = "auto"  # the first address the resolver returns, IPv6 or IPv4
+    IP4 = "ip4"
+    IP6 = "ip6"
+
+
+class IcmpMode(enum.StrEnum):
+    """How ICMP sockets are opened: `auto` tries raw (CAP_NET_RAW), then datagram."""
+
+    AUTO = "auto"
+    RAW = "raw"
+    DGRAM = "dgram"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLocation:
+    """Where a value came from, for messages: `hostwatch.yml:12:5`."""
+
+    file: str
+    line: int  # 1-based
+    column: int  # 1-based
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """One probe of a target: its kind and the options of that kind."""
+
+    kind: ProbeKind
+    port: int | None = None  # tcp only
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Every default, in one place. Durations are seconds."""
+
+    interval: float = 1.0
+    timeout: float = 1.0
+    failure_threshold: int = 12
+    success_threshold: int = 3
+    window: int = 100
+    ip_protocol: IpProtocol = IpProtocol.AUTO
+    dns_refresh: float = 300.0
+    icmp_mode: IcmpMode = IcmpMode.AUTO
+    icmp_payload_size: int = 56
+    histogram_buckets: tuple[float, ...] = (
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    )
+    listen_address: str = ":10115"
+    config_file: str = "/etc/hostwatch/hostwatch.yml"
+
+
+DEFAULTS = Defaults()
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """One watched host with the probes it runs; labels are sorted (name, value) pairs."""
+
+    name: str
+    host: str
+    probes: tuple[ProbeSpec, ...]
+    interval: float = DEFAULTS.interval
+    timeout: float = DEFAULTS.timeout
+    failure_threshold: int = DEFAULTS.failure_threshold
+    success_threshold: int = DEFAULTS.success_threshold
+    window: int = DEFAULTS.window
+    ip_protocol: IpProtocol = DEFAULTS.ip_protocol
+    labels: tuple[tuple[str, str], ...] = ()
+    # Where the target was defined; excluded from equality so that moving a target within the
+    # file is not a change on reload.
+    source: SourceLocation | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpSettings:
+    """Process-wide ICMP settings (one socket per address family serves every target)."""
+
+    mode: IcmpMode = DEFAULTS.icmp_mode
+    payload_size: int = DEFAULTS.icmp_payload_size
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A complete, validated configuration. `source` is the file path or `<embedded default>`."""
+
+    targets: tuple[TargetConfig, ...]
+    icmp: IcmpSettings = IcmpSettings()
+    dns_refresh: float = DEFAULTS.dns_refresh
+    histogram_buckets: tuple[float, ...] = DEFAULTS.histogram_buckets
+    source: str = "<embedded default>"

@@ -1,0 +1,270 @@
+"""The ICMP echo prober: one socket per address family for every target.
+
+Each send is registered under (source address, sequence); the reader callback drains the socket
+in one go, reads the kernel's receive timestamp of each reply (SO_TIMESTAMPNS) and converts it
+to the monotonic clock, so a late event loop does not inflate RTTs. An ICMP error quoting one of
+our requests ends that probe at once as `unreachable` with the ICMP type and code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from hostwatch.model import IcmpMode
+from hostwatch.probes.base import DoneCallback, ProbeResult, Reason
+from hostwatch.probes.icmp_packet import (
+    ERRORS_V4,
+    ERRORS_V6,
+    EchoTemplate,
+    Parsed,
+    parse_v4,
+    parse_v6,
+)
+from hostwatch.probes.icmp_socket import (
+    SO_TIMESTAMPNS,
+    IcmpPermissionError,
+    OpenedSocket,
+    open_icmp_socket,
+)
+
+__all__ = ["IcmpPermissionError", "IcmpProber"]
+
+MSG_ERRQUEUE = 0x2000
+_TIMESPEC = struct.Struct("@qq")
+_EXTENDED_ERR = struct.Struct("@IBBBBII")  # errno, origin, type, code, pad, info, data
+_UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_EXTENDED_ERR.size + 32)
+_BATCH = 512  # replies read per wake-up before yielding to other callbacks
+
+
+@dataclass(slots=True)
+class _Pending:
+    ip: str
+    sent_ns: int
+    done: DoneCallback
+    timer: asyncio.TimerHandle
+
+
+def _realtime_minus_monotonic_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.monotonic_ns()
+
+
+def _kernel_rx_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The receive timestamp (CLOCK_REALTIME ns) from SCM_TIMESTAMPNS, if present."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return int(sec) * 1_000_000_000 + int(nsec)
+    return None
+
+
+class _FamilyEngine:
+    """Sends and receives on one socket of one address family."""
+
+    def __init__(self, opened: OpenedSocket, payload_size: int, loop: asyncio.AbstractEventLoop):
+        self._opened = opened
+        self._sock = opened.sock
+        self._loop = loop
+        self._v4 = opened.family == socket.AF_INET
+        request_type = 8 if self._v4 else 128
+        self._template = EchoTemplate(request_type, os.urandom(8), payload_size)
+        self._pending: dict[tuple[str, int], _Pending] = {}
+        self._sequence = int.from_bytes(os.urandom(2), "big")
+        loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    @property
+    def raw(self) -> bool:
+        return self._opened.raw
+
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def _next_key(self, ip: str) -> tuple[str, int]:
+        for _ in range(65536):
+            self._sequence = (self._sequence + 1) & 0xFFFF
+            key = (ip, self._sequence)
+            if key not in self._pending:
+                return key
+        raise RuntimeError("65,536 probes to one address in flight")  # pragma: no cover
+
+    def start(self, ip: str, timeout: float, done: DoneCallback) -> None:
+        key = self._next_key(ip)
+        packet = self._template.build(self._opened.identifier, key[1])
+        sent_ns = time.monotonic_ns()
+        try:
+            self._sock.sendto(packet, (ip, 0))
+        except OSError as err:
+            self._loop.call_soon(done, _send_failure(ip, err))
+            return
+        timer = self._loop.call_later(timeout, self._expire, key)
+        self._pending[key] = _Pending(ip, sent_ns, done, timer)
+
+    def _expire(self, key: tuple[str, int]) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending.done(ProbeResult(Reason.TIMEOUT, pending.ip))
+
+    def _on_readable(self) -> None:
+        offset = _realtime_minus_monotonic_ns()
+        for _ in range(_BATCH):
+            try:
+                data, ancdata, _flags, address = self._sock.recvmsg(2048, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # an error for this socket; the error queue below holds the details
+            self._on_packet(data, ancdata, address[0], offset)
+        if not self._opened.raw:
+            self._drain_error_queue()
+
+    def _on_packet(self, data: bytes, ancdata: list[tuple[int, int, bytes]], src: str,
+                   offset: int) -> None:
+        if self._v4:
+            parsed = parse_v4(data, self._template.cookie, has_ip_header=self._opened.raw)
+        else:
+            parsed = parse_v6(data, self._template.cookie)
+        if parsed is None or parsed.identifier != self._opened.identifier:
+            return
+        rx = _kernel_rx_ns(ancdata)
+        if parsed.is_error:
+            self._on_error(parsed)
+        else:
+            rx_mono = time.monotonic_ns() if rx is None else rx - offset
+            self._on_reply(_canonical(src), parsed.sequence, rx_mono)
+
+    def _on_reply(self, src: str, sequence: int, rx_mono_ns: int) -> None:
+        pending = self._pending.pop((src, sequence), None)
+        if pending is None:
+            return  # late (already timed out), duplicate or not ours
+        pending.timer.cancel()
+        rtt_ns = rx_mono_ns - pending.sent_ns
+        if rtt_ns < 0:  # the realtime clock stepped between receive and now
+            rtt_ns = time.monotonic_ns() - pending.sent_ns
+        pending.done(ProbeResult(Reason.OK, pending.ip, rtt=rtt_ns / 1e9))
+
+    def _on_error(self, parsed: Parsed) -> None:
+        # The quoted request carries our sequence; the destination is not in the ICMP error
+        # header, so find the pending probe by sequence (unique among in-flight probes).
+        for key, pending in self._pending.items():
+            if key[1] == parsed.sequence:
+                del self._pending[key]
+                pending.timer.cancel()
+                pending.done(_icmp_error(pending.ip, parsed.icmp_type, parsed.icmp_code,
+                                         self._v4))
+                return
+
+    def _drain_error_queue(self) -> None:
+        for _ in range(_BATCH):
+            try:
+                data, ancdata, _flags, address = self._sock.recvmsg(
+                    2048, _CMSG_SPACE, MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            self._on_queued_error(data, ancdata, address)
+
+    def _on_queued_error(self, data: bytes, ancdata: list[tuple[int, int, bytes]],
+                         address: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        # A datagram ICMP socket returns our own request (ICMP header first) with a
+        # sock_extended_err giving the ICMP type and code received for it.
+        if len(data) < 8:
+            return
+        sequence = struct.unpack_from("!H", data, 6)[0]
+        for level, _kind, cdata in ancdata:
+            if level in (socket.IPPROTO_IP, socket.IPPROTO_IPV6) and len(cdata) >= 16:
+                _err, origin, icmp_type, code, _pad, _info, _d = _EXTENDED_ERR.unpack_from(cdata)
+                if origin in (2, 3):  # SO_EE_ORIGIN_ICMP / ICMP6
+                    self._fail_key((_canonical(address[0]), sequence), icmp_type, code)
+                    return
+
+    def _fail_key(self, key: tuple[str, int], icmp_type: int, code: int) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending.timer.cancel()
+            pending.done(_icmp_error(pending.ip, icmp_type, code, self._v4))
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+        for pending in self._pending.values():
+            pending.timer.cancel()
+        self._pending.clear()
+        self._opened.holder.close()
+
+
+def _canonical(address: str) -> str:
+    """The textual form used for keys: strips an IPv6 scope and compresses like `ipaddress`."""
+    return str(ipaddress.ip_address(address.split("%", 1)[0]))
+
+
+def _icmp_error(ip: str, icmp_type: int, code: int, v4: bool) -> ProbeResult:
+    names = ERRORS_V4 if v4 else ERRORS_V6
+    name = names.get(icmp_type, "icmp-error")
+    detail = f"{name} (icmp{'' if v4 else 'v6'} type {icmp_type} code {code})"
+    return ProbeResult(Reason.UNREACHABLE, ip, detail=detail)
+
+
+def _send_failure(ip: str, err: OSError) -> ProbeResult:
+    reason = Reason.UNREACHABLE if err.errno in _UNREACHABLE_ERRNOS else Reason.SEND_ERROR
+    return ProbeResult(reason, ip, detail=f"sendto: {os.strerror(err.errno or 0)}")
+
+
+class IcmpProber:
+    """The `Prober` for ICMP: dispatches each probe to the socket of its address family."""
+
+    name = "icmp"
+
+    def __init__(self, engines: dict[int, _FamilyEngine], unavailable: dict[int, str]) -> None:
+        self._engines = engines
+        self._unavailable = unavailable
+        self._loop = asyncio.get_running_loop()
+
+    @classmethod
+    def open(cls, mode: IcmpMode, payload_size: int) -> IcmpProber:
+        """Open both families. IcmpPermissionError if IPv4 ICMP cannot be opened at all."""
+        loop = asyncio.get_running_loop()
+        identifier = int.from_bytes(os.urandom(2), "big")
+        engines: dict[int, _FamilyEngine] = {}
+        unavailable: dict[int, str] = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                opened = open_icmp_socket(family, mode, identifier)
+            except IcmpPermissionError:
+                if family == socket.AF_INET:
+                    raise
+                unavailable[family] = "no permission for an ICMPv6 socket"
+                continue
+            except OSError as err:
+                unavailable[family] = f"ICMP socket unavailable: {err.strerror or err}"
+                continue
+            engines[family] = _FamilyEngine(opened, payload_size, loop)
+        return cls(engines, unavailable)
+
+    def describe(self) -> dict[str, str]:
+        """Per family: `raw`, `dgram` or why it is unavailable (for logs and metrics)."""
+        names: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+        out = {names[f]: ("raw" if e.raw else "dgram") for f, e in self._engines.items()}
+        out.update({names[f]: why for f, why in self._unavailable.items()})
+        return out
+
+    def start(self, ip: str, port: int | None, timeout: float, done: DoneCallback) -> None:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        engine = self._engines.get(family)
+        if engine is None:
+            why = self._unavailable.get(family, "no socket")
+            self._loop.call_soon(done, ProbeResult(Reason.SEND_ERROR, ip, detail=why))
+            return
+        engine.start(ip, timeout, done)
+
+    def in_flight(self) -> int:
+        return sum(engine.in_flight() for engine in self._engines.values())
+
+    async def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()

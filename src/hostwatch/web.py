@@ -1,0 +1,201 @@
+"""The HTTP endpoint, served from the event loop: /metrics, /, /-/healthy, /-/ready, /-/reload.
+
+A small HTTP/1.1 server on asyncio streams: every connection is its own task with read
+timeouts and size limits, so a slow or idle client never holds up another scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import html
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["ListenAddress", "WebServer", "parse_listen_address"]
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 16 * 1024
+READ_TIMEOUT = 10.0
+MAX_REQUESTS_PER_CONNECTION = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str  # "" means every address
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """`host:port`, `:port` or `[v6]:port`; ValueError with what is wrong otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"{text!r} has no port; use host:port, :port or [::1]:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: put an IPv6 address in brackets, e.g. [::1]:10115")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
+    return ListenAddress(host, int(port_text))
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class WebServer:
+    """Routes requests; `reload` is called for POST /-/reload and returns (ok, message)."""
+
+    def __init__(self, registry: CollectorRegistry,
+                 reload: Callable[[], Awaitable[tuple[bool, str]]],
+                 ready: Callable[[], bool]) -> None:
+        self._registry = registry
+        self._reload = reload
+        self._ready = ready
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, address: ListenAddress) -> list[tuple[str, int]]:
+        """Bind and listen; returns the bound addresses. OSError (e.g. in use) propagates."""
+        self._server = await asyncio.start_server(
+            self._serve, host=address.host or None, port=address.port, reuse_address=True,
+            limit=MAX_HEADER_BYTES)
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    async def start_on_socket(self, sock: socket.socket) -> None:
+        self._server = await asyncio.start_server(self._serve, sock=sock,
+                                                  limit=MAX_HEADER_BYTES)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            await self._serve_requests(reader, writer)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError, ValueError):
+            pass  # the client went away, was too slow, or sent garbage
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _serve_requests(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        for _ in range(MAX_REQUESTS_PER_CONNECTION):
+            async with asyncio.timeout(READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, path, headers = _parse_head(head)
+            length = int(headers.get("content-length", "0") or "0")
+            if length > MAX_HEADER_BYTES:
+                await _write(writer, Response(413, b"request body too large\n"), False, False)
+                return
+            if length:
+                async with asyncio.timeout(READ_TIMEOUT):
+                    await reader.readexactly(length)
+            response = await self._route(method, path)
+            keep = headers.get("connection", "").lower() != "close"
+            gz = "gzip" in headers.get("accept-encoding", "")
+            await _write(writer, response, keep, gz, head_only=method == "HEAD")
+            if not keep:
+                return
+
+    async def _route(self, method: str, path: str) -> Response:
+        path = path.split("?", 1)[0]
+        if path == "/-/reload":
+            if method != "POST":
+                return Response(405, b"use POST to reload the configuration\n")
+            ok, message = await self._reload()
+            return Response(200 if ok else 500, (message + "\n").encode())
+        if method not in ("GET", "HEAD"):
+            return Response(405, b"method not allowed\n")
+        handler = {"/metrics": self._metrics, "/-/healthy": _healthy, "/-/ready": self._ready_page,
+                   "/": _index}.get(path, _not_found)
+        return handler()
+
+    def _metrics(self) -> Response:
+        return Response(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
+
+    def _ready_page(self) -> Response:
+        if self._ready():
+            return Response(200, b"Ready.\n")
+        return Response(503, b"Not ready.\n")
+
+
+def _healthy() -> Response:
+    return Response(200, b"Healthy.\n")
+
+
+def _index() -> Response:
+    return Response(200, _INDEX, "text/html; charset=utf-8")
+
+
+def _not_found() -> Response:
+    return Response(404, b"not found; try /metrics\n")
+
+
+_INDEX = (
+    "<!doctype html><html><head><meta charset=utf-8><title>hostwatch</title>"
+    "<meta name=viewport content='width=device-width'></head><body><h1>hostwatch</h1>"
+    "<ul><li><a href='/metrics'>/metrics</a></li><li><a href='/-/healthy'>/-/healthy</a></li>"
+    f"<li><a href='/-/ready'>/-/ready</a></li></ul><p>{html.escape('POST /-/reload')} "
+    "reloads the configuration.</p></body></html>\n"
+).encode()
+
+
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise ValueError("not an HTTP/1.x request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return parts[0], parts[1], headers
+
+
+async def _write(writer: asyncio.StreamWriter, response: Response, keep: bool, gz: bool,
+                 head_only: bool = False) -> None:
+    body = response.body
+    extra = ""
+    if gz and len(body) > 1024:
+        body = gzip.compress(body, compresslevel=1)
+        extra = "Content-Encoding: gzip\r\n"
+    head = (f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
+            f"Content-Type: {response.content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"{extra}Connection: {'keep-alive' if keep else 'close'}\r\n\r\n")
+    writer.write(head.encode("latin-1"))
+    if not head_only:
+        writer.write(body)
+    async with asyncio.timeout(READ_TIMEOUT):
+        await writer.drain()
