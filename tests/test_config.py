@@ -11,7 +11,6 @@ Most bad snippets are built by `_target()`, whose layout is fixed so columns are
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import string
@@ -22,6 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import hostwatch.config
 from hostwatch.config import (
     DEFAULT_CONFIG_YAML,
     ConfigError,
@@ -837,14 +837,20 @@ class TestLoadConfig:
             == str(caught.value)
         )
 
-    @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-    def test_unreadable(self, tmp_path: Path) -> None:
+    def test_unreadable(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A file without read permission says how to fix the permissions."""
+
+        def denied(*_args: object, **_kwargs: object) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(hostwatch.config, "open", denied, raising=False)
         path = tmp_path / "hostwatch.yml"
-        path.write_text("targets: []\n", encoding="utf-8")
-        path.chmod(0)
-        with pytest.raises(ConfigError, match="permission denied; make it readable"):
+        with pytest.raises(ConfigError) as caught:
             load_config(path)
+        assert (
+            f"{path}: cannot read: permission denied; make it readable by the user hostwatch"
+            " runs as" == str(caught.value)
+        )
 
     def test_invalid_utf8(self, tmp_path: Path) -> None:
         """Bytes that are not UTF-8 are located by line and column."""
@@ -878,6 +884,8 @@ class TestDefaultConfig:
             ("localhost", "127.0.0.1"),
             ("192.0.2.2", "127.0.0.1"),  # never a non-loopback address
             ("2001:db8::2", "::1"),
+            ("127.0.0.2", "127.0.0.2"),  # a loopback listen address is probed as it is
+            ("127.9.0.1", "127.9.0.1"),
         ],
     )
     def test_metrics_target_is_loopback(self, listen_host: str, probed: str) -> None:

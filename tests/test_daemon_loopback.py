@@ -205,3 +205,22 @@ class TestStartupFailures:
                scrape.find("hostwatch_probe_success") if v == 1}
         assert {("loopback-v4", "127.0.0.1", "icmp"), ("loopback-v6", "::1", "icmp"),
                 ("hostwatch-metrics", "127.0.0.1", "tcp")} == ips
+
+
+class TestSlowClients:
+    def test_idle_and_partial_clients_do_not_block_scrapes(self, tmp_path: Path,
+                                                           listener: int) -> None:
+        """Ten connections that send half a request and stall do not hold up /metrics."""
+        with running(tmp_path, _config(listener, free_port())) as daemon:
+            stalled = []
+            for _ in range(10):
+                s = socket.create_connection(("127.0.0.1", daemon.port))
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line: incomplete
+                stalled.append(s)
+            try:
+                status, body = local_get(daemon.url + "/metrics")
+            finally:
+                for s in stalled:
+                    s.close()
+        assert 200 == status
+        assert "hostwatch_build_info" in body

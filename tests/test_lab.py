@@ -215,8 +215,7 @@ def test_cleanup_stale_removes_dead_runs_only() -> None:
     stale = f"hwp-{dead.pid}-0"
     run(["ip", "netns", "add", stale])
     with NetLab() as live:
-        removed = NetLab.cleanup_stale()
-        assert stale in removed
+        NetLab.cleanup_stale()  # (a concurrent test run may have removed it first)
         assert not (NETNS_DIR / stale).exists()
         assert (NETNS_DIR / live.probe_ns).exists()
 
@@ -263,10 +262,12 @@ def test_composes_with_netns(request: pytest.FixtureRequest, order: str) -> None
     run(jd.wrap(net.prober_cmd(argv)))
     entry = jd.wait_for(TARGET=f"netns-{order}")
     assert entry["MESSAGE"] == "from netns"
-    # Without the wrapper the program is in the prober namespace but sees no journald socket.
-    alone = run(net.prober_cmd(argv), check=False)
-    assert alone.returncode != 0
-    assert "FileNotFoundError" in alone.stderr
+    # Without the wrapper the program sees the machine's path, where no journald listens here
+    # (skipped where one does: the test must not write to a real journal).
+    if not Path("/run/systemd/journal/socket").exists():
+        alone = run(net.prober_cmd(argv), check=False)
+        assert alone.returncode != 0
+        assert "FileNotFoundError" in alone.stderr
 
 
 def test_wait_for_reports_what_it_saw(journald: PrivateJournald) -> None:
@@ -313,7 +314,6 @@ def test_close_leaves_nothing_and_real_paths_untouched(tmp_path: Path) -> None:
         run(jd.wrap([sys.executable, "-c", SEND_CODE, "db1"]))
         jd.wait_for(TARGET="db1")
         assert snapshot_real_paths() == before  # the socket exists only inside
-        assert not Path("/run/systemd/journal/socket").exists()
         assert Path(jd.socket_path).is_socket()
     for pid in pids:
         assert not pid_alive(pid)

@@ -191,8 +191,8 @@ def parse_config(text: str, source: str) -> Config:
 def default_config(listen_host: str, listen_port: int) -> Config:
     """The embedded default for a daemon whose metrics listen on `listen_host:listen_port`.
 
-    The metrics target always probes a loopback address: `::1` when `listen_host` is an IPv6
-    literal, else `127.0.0.1`; never `listen_host` itself. Call it with the bound port.
+    The metrics target always probes a loopback address: `listen_host` itself when it is one,
+    else `::1` for an IPv6 literal and `127.0.0.1` otherwise. Call it with the bound port.
     """
     if isinstance(listen_port, bool) or not _PORT.low <= listen_port <= _PORT.high:
         raise ValueError(f"listen_port must be the bound port from 1 to 65535, got {listen_port!r}")
@@ -528,9 +528,10 @@ class _Converter:
         if isinstance(key, _Leaf) and isinstance(key.value, str) and node.tag == _YAML_TAG + "str":
             return key.value
         if not _reported(key):
-            hint = f': "{_clip(key.raw)}"' if isinstance(key, _Leaf) else ""
-            message = f"keys must be strings, got {_describe(key)}; quote the key{hint}"
-            self.context.add(at, path, message)
+            todo = "write a string key"
+            if isinstance(key, _Leaf) and key.value is not None:
+                todo = f'quote the key: "{_clip(key.raw)}"'
+            self.context.add(at, path, f"keys must be strings, got {_describe(key)}; {todo}")
         return None
 
 
@@ -707,7 +708,8 @@ def _normalise_host(text: str) -> str:
         raise ValueError(f"{_show(text)} has brackets; write the address without them")
     if ":" in text:
         return _ipv6(text)
-    if text.rstrip(".").rpartition(".")[2].isdecimal():
+    last_label = text.rstrip(".").rpartition(".")[2]
+    if last_label.isascii() and last_label.isdigit():
         return _ipv4(text)
     return _dns_name(text)
 
@@ -783,12 +785,15 @@ def _label_value_problem(value: str) -> str:
 
 
 def _loopback_for(listen_host: str) -> str:
-    """`::1` for an IPv6 literal listen address, else `127.0.0.1`: never a non-loopback address."""
+    """The listen address itself if it is loopback; else `::1` for an IPv6 literal and
+    `127.0.0.1` otherwise: never a non-loopback address."""
     host = listen_host.removeprefix("[").removesuffix("]")
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return "127.0.0.1"
+    if address.is_loopback:
+        return str(address)
     return "::1" if address.version == 6 else "127.0.0.1"
 
 
@@ -969,11 +974,7 @@ def _build_config(context: _Context, root: _Node | None) -> Config | None:
     if top is None:
         return None
     top.allow(_TOP_KEYS)
-    defaults_section = top.section("defaults", "a mapping of default target settings")
-    if defaults_section is not None:
-        defaults_section.allow(_SETTING_KEYS)
-    defaults = _read_settings(defaults_section) if defaults_section else _Settings()
-    _check_timeout(context, defaults, _Settings(), "defaults")
+    defaults = _read_defaults(top)
     icmp = _read_icmp(top)
     dns_refresh = top.duration("dns_refresh", _DNS_REFRESH)
     buckets = _read_buckets(top)
@@ -987,6 +988,16 @@ def _build_config(context: _Context, root: _Node | None) -> Config | None:
         histogram_buckets=_or(buckets, DEFAULTS.histogram_buckets),
         source=context.source,
     )
+
+
+def _read_defaults(top: _Section) -> _Settings:
+    section = top.section("defaults", "a mapping of default target settings")
+    if section is None:
+        return _Settings()
+    section.allow(_SETTING_KEYS)
+    defaults = _read_settings(section)
+    _check_timeout(top.context, defaults, _Settings(), "defaults")
+    return defaults
 
 
 def _read_icmp(top: _Section) -> IcmpSettings:

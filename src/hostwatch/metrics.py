@@ -54,8 +54,7 @@ def _le(bound: float) -> str:
 
 
 def _watch_labels(watch: Watch) -> dict[str, str]:
-    last = watch.state.last_result
-    labels = {"target": watch.target.name, "ip": last.ip if last else "",
+    labels = {"target": watch.target.name, "ip": watch.state.last_ip,
               "probe": watch.spec.kind.value}
     labels.update(watch.target.labels)
     return labels

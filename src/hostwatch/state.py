@@ -117,7 +117,7 @@ class ProbeState:
 
     __slots__ = (
         "_window", "bucket_counts", "buckets", "consecutive_failures", "consecutive_successes",
-        "failure_threshold", "failures", "health", "last_result", "last_transition_at",
+        "failure_threshold", "failures", "health", "last_ip", "last_result", "last_transition_at",
         "received", "rtt_sum", "sent", "success_threshold", "transitions",
     )
 
@@ -135,6 +135,7 @@ class ProbeState:
         self.transitions = 0
         self.last_transition_at: float | None = None
         self.last_result: ProbeResult | None = None
+        self.last_ip = ""  # sticky: a DNS failure (no address) keeps the last one
         self.bucket_counts = [0] * (len(buckets) + 1)  # the last one is +Inf
         self.rtt_sum = 0.0
         self._window = _Window(window)
@@ -142,6 +143,8 @@ class ProbeState:
     def record(self, result: ProbeResult, now: float) -> Transition | None:
         """Account one result; return the transition it caused, if any."""
         self.last_result = result
+        if result.ip:
+            self.last_ip = result.ip
         if result.reason is not Reason.DNS and result.reason is not Reason.NO_ADDRESS:
             self.sent += 1  # a request went out (or was attempted on the wire)
         if result.ok and result.rtt is not None:
