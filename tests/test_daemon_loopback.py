@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -224,3 +225,23 @@ class TestSlowClients:
                     s.close()
         assert 200 == status
         assert "hostwatch_build_info" in body
+
+
+class TestTargetsApi:
+    def test_json_matches_state(self, tmp_path: Path, listener: int) -> None:
+        """/api/v1/targets lists every (target, probe) with the same state as the metrics."""
+        with running(tmp_path, _config(listener, free_port())) as daemon:
+            scrape = daemon.wait_for(_all_settled, what="all targets settled")
+            status, body = local_get(daemon.url + "/api/v1/targets")
+        document = json.loads(body)
+        assert (200, "success") == (status, document["status"])
+        by_key = {(d["target"], d["probe"]): d for d in document["data"]}
+        assert 6 == len(by_key)
+        for (target, probe), entry in by_key.items():
+            assert scrape.state(target, probe) == entry["state"]
+        closed = by_key[("closed", "tcp")]
+        assert ("down", "refused", "127.0.0.1") == (closed["state"], closed["reason"],
+                                                     closed["ip"])
+        lo = by_key[("lo-1", "icmp")]
+        assert {"role": "loopback"} == lo["labels"]
+        assert lo["window"]["rtt_seconds"]["median"] > 0

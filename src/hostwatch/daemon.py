@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hostwatch import __version__
+from hostwatch.api import targets_document
 from hostwatch.config import ConfigError, default_config, load_config
 from hostwatch.events import LOG_CRIT, LOG_ERR, EventKind, Events, SinkHandler
 from hostwatch.journal import EventSink, JournalSink, StderrSink, stderr_is_journal
@@ -89,7 +90,8 @@ class Daemon:
             in_flight=lambda: {k.value: p.in_flight() for k, p in self.probers.items()},
             journal=sink.stats, reload=self.reload_status,
             slots=lambda: self.scheduler.slot_count)
-        self.web = WebServer(new_registry(self.view), self.reload, lambda: self.ready)
+        self.web = WebServer(new_registry(self.view), self.reload, lambda: self.ready,
+                             lambda: targets_document(self.watches))
         self.ready = False
         self.stop_event = asyncio.Event()
         self.fatal: BaseException | None = None

@@ -66,8 +66,9 @@ class WebServer:
 
     def __init__(self, registry: CollectorRegistry,
                  reload: Callable[[], Awaitable[tuple[bool, str]]],
-                 ready: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], targets_json: Callable[[], bytes]) -> None:
         self._registry = registry
+        self._targets_json = targets_json
         self._reload = reload
         self._ready = ready
         self._server: asyncio.Server | None = None
@@ -138,11 +139,14 @@ class WebServer:
         if method not in ("GET", "HEAD"):
             return Response(405, b"method not allowed\n")
         handler = {"/metrics": self._metrics, "/-/healthy": _healthy, "/-/ready": self._ready_page,
-                   "/": _index}.get(path, _not_found)
+                   "/api/v1/targets": self._targets, "/": _index}.get(path, _not_found)
         return handler()
 
     def _metrics(self) -> Response:
         return Response(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
+
+    def _targets(self) -> Response:
+        return Response(200, self._targets_json(), "application/json")
 
     def _ready_page(self) -> Response:
         if self._ready():
@@ -165,7 +169,9 @@ def _not_found() -> Response:
 _INDEX = (
     "<!doctype html><html><head><meta charset=utf-8><title>hostwatch</title>"
     "<meta name=viewport content='width=device-width'></head><body><h1>hostwatch</h1>"
-    "<ul><li><a href='/metrics'>/metrics</a></li><li><a href='/-/healthy'>/-/healthy</a></li>"
+    "<ul><li><a href='/metrics'>/metrics</a></li>"
+    "<li><a href='/api/v1/targets'>/api/v1/targets</a></li>"
+    "<li><a href='/-/healthy'>/-/healthy</a></li>"
     f"<li><a href='/-/ready'>/-/ready</a></li></ul><p>{html.escape('POST /-/reload')} "
     "reloads the configuration.</p></body></html>\n"
 ).encode()
