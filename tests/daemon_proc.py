@@ -117,7 +117,8 @@ class DaemonProcess:
             if time.monotonic() > deadline:
                 states = scrape.find("hostwatch_probe_state")
                 current = sorted((d["target"], d["probe"], d["state"]) for d, v in states if v)
-                raise AssertionError(f"timed out waiting for {what}; states: {current}")
+                shown = ", ".join(map(str, current[:20])) + (" …" if len(current) > 20 else "")
+                raise AssertionError(f"timed out waiting for {what}; states: {shown}")
             time.sleep(0.2)
             scrape = self.scrape()
         return scrape

@@ -73,10 +73,14 @@ def _only_target(text: str) -> TargetConfig:
 
 
 H = "hostwatch.yml"
-TOP_KEYS = "`defaults`, `icmp`, `dns_refresh`, `histogram_buckets`, `targets`"
+TOP_KEYS = (
+    "`defaults`, `icmp`, `dns_refresh`, `dns_servers`, `histogram_buckets`, `maintenance`,"
+    " `targets`"
+)
 TARGET_KEYS = (
     "`name`, `host`, `probes`, `interval`, `timeout`, `failure_threshold`, `success_threshold`,"
-    " `window`, `ip_protocol`, `labels`"
+    " `window`, `ip_protocol`, `labels`, `degraded_loss_ratio`, `degraded_rtt`, `flap_window`,"
+    " `flap_start`, `flap_stop`"
 )
 DURATION_FORMAT = (
     "write whole numbers with units ms, s, m, h, d, w, y from largest to smallest,"
@@ -84,6 +88,10 @@ DURATION_FORMAT = (
 )
 NAME_RULE = "use only letters, digits and . _ : @ / + -, starting with a letter or digit"
 DNS_RULE = "write an IP address or a DNS name of letters, digits, '-' and '.'"
+
+MAINTENANCE = (
+    "maintenance:\n  - name: w\n    start: 2026-11-23T10:00:00Z\n    end: 2026-11-23T12:00:00Z\n"
+)
 
 BAD_CONFIGS = [
     # --- unknown keys, at every level ---
@@ -247,7 +255,7 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         _target("ip_protocol: ipv4"),
-        f"{H}:5:18: targets[0].ip_protocol: 'ipv4' is not one of `auto`, `ip4`, `ip6`;"
+        f"{H}:5:18: targets[0].ip_protocol: 'ipv4' is not one of `auto`, `ip4`, `ip6`, `dual`;"
         " did you mean `ip4`?",
         id="ip-protocol-unknown",
     ),
@@ -628,6 +636,90 @@ BAD_CONFIGS = [
         f"{H}:1:21: histogram_buckets[0]: expected a number, got a string ('1ms');"
         " write seconds without unit or quotes",
         id="bucket-with-unit",
+    ),
+    pytest.param(
+        _target("degraded_loss_ratio: 1.5"),
+        f"{H}:5:26: targets[0].degraded_loss_ratio: 1.5 is out of range;"
+        " write a number from 0.001 to 1, such as 0.1 for 10%",
+        id="degraded-loss-too-high",
+    ),
+    pytest.param(
+        _target("degraded_loss_ratio: 0"),
+        f"{H}:5:26: targets[0].degraded_loss_ratio: 0 is out of range;"
+        " write a number from 0.001 to 1, such as 0.1 for 10%",
+        id="degraded-loss-zero",
+    ),
+    pytest.param(
+        _target('degraded_loss_ratio: "10%"'),
+        f"{H}:5:26: targets[0].degraded_loss_ratio: expected a number, got a string ('10%');"
+        " write a number from 0.001 to 1, such as 0.1 for 10%",
+        id="degraded-loss-percent-string",
+    ),
+    pytest.param(
+        _target("flap_window: 5s"),
+        f"{H}:5:18: targets[0].flap_window: 5s is shorter than the minimum 10s;"
+        " set flap_window to at least 10s",
+        id="flap-window-short",
+    ),
+    pytest.param(
+        _target("flap_start: 3", "flap_stop: 3"),
+        f"{H}:6:16: targets[0].flap_stop: flap_stop 3 is not below flap_start 3; flapping must"
+        " end at fewer transitions than it starts, e.g. flap_start: 6 and flap_stop: 2",
+        id="flap-stop-not-below-start",
+    ),
+    pytest.param(
+        "defaults: {flap_stop: 7}\n" + _target(),
+        f"{H}:1:23: defaults.flap_stop: flap_stop 7 is not below flap_start 6; flapping must"
+        " end at fewer transitions than it starts, e.g. flap_start: 6 and flap_stop: 2",
+        id="flap-stop-default-start",
+    ),
+    pytest.param(
+        _target("flap_start: 1"),
+        f"{H}:5:17: targets[0].flap_start: 1 is out of range; use a whole number from 2 to 1000",
+        id="flap-start-one",
+    ),
+    pytest.param(
+        "dns_servers: [ns1.lab]\n" + _target(),
+        f"{H}:1:15: dns_servers[0]: 'ns1.lab' is not an IP address;"
+        " name servers are given by address",
+        id="dns-server-name",
+    ),
+    pytest.param(
+        "dns_servers: 127.0.0.53\n" + _target(),
+        f"{H}:1:14: dns_servers: expected a list of at most 8 addresses, got a string"
+        " ('127.0.0.53'); write a list of name server addresses, such as [127.0.0.53]",
+        id="dns-servers-not-list",
+    ),
+    pytest.param(
+        _target() + MAINTENANCE,
+        f"{H}:6:5: maintenance[0]: selects no target; add `targets:` or `match_labels:`",
+        id="maintenance-no-selector",
+    ),
+    pytest.param(
+        _target() + MAINTENANCE + "    targets: [nope]\n",
+        f"{H}:9:15: maintenance[0].targets[0]: no target is named 'nope';"
+        " use the `name` of a target in this file",
+        id="maintenance-unknown-target",
+    ),
+    pytest.param(
+        _target() + "maintenance:\n  - name: w\n    start: 2026-11-23 10:00:00\n"
+        "    end: 2026-11-23T12:00:00Z\n    targets: [a]\n",
+        f"{H}:7:12: maintenance[0].start: expected a date and time with a zone;"
+        " write one such as 2026-11-23T10:00:00Z or 2026-11-23T11:00:00+01:00",
+        id="maintenance-naive-time",
+    ),
+    pytest.param(
+        _target() + "maintenance:\n  - name: w\n    start: 2026-11-23T12:00:00Z\n"
+        "    end: 2026-11-23T10:00:00Z\n    targets: [a]\n",
+        f"{H}:8:10: maintenance[0].end: 2026-11-23T10:00:00+00:00 is not after start"
+        " 2026-11-23T12:00:00+00:00; set end later than start",
+        id="maintenance-end-before-start",
+    ),
+    pytest.param(
+        _target() + MAINTENANCE + "    targets: [a]\n    until: tomorrow\n",
+        f"{H}:10:5: maintenance[0]: unknown key 'until'; remove it or use one of `name`,"
+        " `start`, `end`, `targets`, `match_labels`",
+        id="maintenance-unknown-key",
     ),
 ]
 

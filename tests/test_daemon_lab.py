@@ -114,7 +114,7 @@ class TestJournalTrouble:
         written is dropped and counted instead of blocking the daemon."""
         prefix = journald.wrap(lab.prober_cmd([]))
         lines = ["defaults: {interval: 200ms, timeout: 150ms, failure_threshold: 1,",
-                 "           success_threshold: 1}", "targets:"]
+                 "           success_threshold: 1, flap_start: 1000}", "targets:"]
         lines += [f"  - {{name: h{i:03d}, host: {lab.host_ip4}, probes: {{icmp: }}}}"
                   for i in range(200)]
         with running(tmp_path, "\n".join(lines) + "\n", prefix=prefix, get=_getter(lab),

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from hostwatch.probes.base import ProbeResult, Reason
-from hostwatch.state import Health, ProbeState
+from hostwatch.state import Health, Policy, ProbeState
 
 BUCKETS = (0.001, 0.01, 0.1)
 OK = ProbeResult(Reason.OK, "127.0.0.1", rtt=0.0005)
@@ -15,7 +15,8 @@ LOST = ProbeResult(Reason.TIMEOUT, "127.0.0.1")
 
 
 def _state(failures: int = 3, successes: int = 2, window: int = 10) -> ProbeState:
-    return ProbeState(failures, successes, window, BUCKETS)
+    return ProbeState(Policy(failure_threshold=failures, success_threshold=successes), window,
+                      BUCKETS)
 
 
 def _feed(state: ProbeState, results: list[ProbeResult]) -> list[tuple[Health, Health]]:

@@ -12,6 +12,7 @@ cannot garble a terminal or the journal.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import enum
 import ipaddress
@@ -32,6 +33,7 @@ from hostwatch.model import (
     IcmpMode,
     IcmpSettings,
     IpProtocol,
+    MaintenanceWindow,
     ProbeKind,
     ProbeSpec,
     SourceLocation,
@@ -97,7 +99,8 @@ _LABEL_NAME_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _PLAIN_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _RESERVED_LABELS: Final = frozenset(
-    ("target", "ip", "probe", "state", "reason", "le", "quantile", "stat", "instance", "job")
+    ("target", "ip", "probe", "state", "reason", "le", "quantile", "stat", "instance", "job",
+     "ip_protocol", "window")
 )
 
 _DURATION_RE: Final = re.compile(
@@ -110,11 +113,15 @@ _DURATION_UNITS: Final = (
     ("m", 60_000), ("s", 1_000), ("ms", 1),
 )
 
-_TOP_KEYS: Final = ("defaults", "icmp", "dns_refresh", "histogram_buckets", "targets")
+_TOP_KEYS: Final = (
+    "defaults", "icmp", "dns_refresh", "dns_servers", "histogram_buckets", "maintenance",
+    "targets",
+)
 _SETTING_KEYS: Final = (
     "interval", "timeout", "failure_threshold", "success_threshold", "window", "ip_protocol",
-    "labels",
+    "labels", "degraded_loss_ratio", "degraded_rtt", "flap_window", "flap_start", "flap_stop",
 )
+_MAINTENANCE_KEYS: Final = ("name", "start", "end", "targets", "match_labels")
 _TARGET_KEYS: Final = ("name", "host", "probes", *_SETTING_KEYS)
 _ICMP_KEYS: Final = ("mode", "payload_size")
 _PROBE_KEYS: Final = tuple(kind.value for kind in ProbeKind)
@@ -136,6 +143,12 @@ _THRESHOLD: Final = _Range(1, 1000)
 _WINDOW: Final = _Range(1, 10000)
 _PAYLOAD: Final = _Range(16, 1472)
 _PORT: Final = _Range(1, 65535)
+_RATIO: Final = _Range(0.001, 1.0)
+_DEGRADED_RTT: Final = _Range(0.0001, 60.0)
+_FLAP_WINDOW: Final = _Range(10.0, 86400.0)
+_FLAP_START: Final = _Range(2, 1000)
+_FLAP_STOP: Final = _Range(0, 999)
+_DNS_SERVERS_MAX: Final = 8
 
 
 # --- public types ---------------------------------------------------------------------------
@@ -594,6 +607,19 @@ def _integer(context: _Context, node: _Node, path: str, limits: _Range) -> int |
     return node.value
 
 
+def _ratio(context: _Context, node: _Node, path: str, limits: _Range) -> float | None:
+    """A number within `limits` (a share such as 0.1 for 10%)."""
+    todo = f"write a number from {limits.low:g} to {limits.high:g}, such as 0.1 for 10%"
+    if not isinstance(node, _Leaf) or not _is_number(node.value):
+        _wrong_type(context, node, path, "a number", todo)
+        return None
+    value = float(node.value)
+    if not limits.low <= value <= limits.high:
+        context.add(node.at, path, f"{_clip(node.raw)} is out of range; {todo}")
+        return None
+    return value
+
+
 def _duration(context: _Context, node: _Node, path: str, limits: _Range) -> float | None:
     value = node.value if isinstance(node, _Leaf) else None
     if not isinstance(value, str) and not _is_number(value):
@@ -842,6 +868,10 @@ class _Section:
         node = self.get(key)
         return None if node is None else _choice(self.context, node, self.sub(key), kind)
 
+    def ratio(self, key: str, limits: _Range) -> float | None:
+        node = self.get(key)
+        return None if node is None else _ratio(self.context, node, self.sub(key), limits)
+
     def section(self, key: str, expected: str, todo: str = _SEE_DOCS) -> _Section | None:
         """The nested mapping at `key` (null counts as empty); None if absent or not a mapping."""
         node = self.get(key)
@@ -871,8 +901,14 @@ class _Settings:
     window: int | None = None
     ip_protocol: IpProtocol | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    degraded_loss_ratio: float | None = None
+    degraded_rtt: float | None = None
+    flap_window: float | None = None
+    flap_start: int | None = None
+    flap_stop: int | None = None
     interval_at: SourceLocation | None = None  # where written, even if invalid
     timeout_at: SourceLocation | None = None
+    flap_at: SourceLocation | None = None  # where flap_start or flap_stop is written
 
     def over(self, base: _Settings) -> _Settings:
         """These settings with `base` filling the gaps; labels merged, ours winning."""
@@ -884,6 +920,11 @@ class _Settings:
             window=_or(self.window, base.window),
             ip_protocol=_or(self.ip_protocol, base.ip_protocol),
             labels={**base.labels, **self.labels},
+            degraded_loss_ratio=_or(self.degraded_loss_ratio, base.degraded_loss_ratio),
+            degraded_rtt=_or(self.degraded_rtt, base.degraded_rtt),
+            flap_window=_or(self.flap_window, base.flap_window),
+            flap_start=_or(self.flap_start, base.flap_start),
+            flap_stop=_or(self.flap_stop, base.flap_stop),
         )
 
 
@@ -900,9 +941,29 @@ def _read_settings(section: _Section) -> _Settings:
         window=section.integer("window", _WINDOW),
         ip_protocol=section.choice("ip_protocol", IpProtocol),
         labels=_read_labels(section),
+        degraded_loss_ratio=section.ratio("degraded_loss_ratio", _RATIO),
+        degraded_rtt=section.duration("degraded_rtt", _DEGRADED_RTT),
+        flap_window=section.duration("flap_window", _FLAP_WINDOW),
+        flap_start=section.integer("flap_start", _FLAP_START),
+        flap_stop=section.integer("flap_stop", _FLAP_STOP),
         interval_at=section.at("interval"),
         timeout_at=section.at("timeout"),
+        flap_at=section.at("flap_stop") or section.at("flap_start"),
     )
+
+
+def _check_flap(context: _Context, own: _Settings, base: _Settings, path: str) -> None:
+    """Where `own` sets flap_start or flap_stop, the merged stop must be below the start."""
+    if own.flap_at is None:
+        return
+    start = _or(own.flap_start, _or(base.flap_start, DEFAULTS.flap_start))
+    stop = _or(own.flap_stop, _or(base.flap_stop, DEFAULTS.flap_stop))
+    if stop < start:
+        return
+    key = "flap_stop" if own.flap_stop is not None else "flap_start"
+    message = (f"flap_stop {stop} is not below flap_start {start}; flapping must end at fewer "
+               "transitions than it starts, e.g. flap_start: 6 and flap_stop: 2")
+    context.add(own.flap_at, f"{path}.{key}", message)
 
 
 def _check_timeout(context: _Context, own: _Settings, base: _Settings, path: str) -> None:
@@ -978,13 +1039,17 @@ def _build_config(context: _Context, root: _Node | None) -> Config | None:
     icmp = _read_icmp(top)
     dns_refresh = top.duration("dns_refresh", _DNS_REFRESH)
     buckets = _read_buckets(top)
+    dns_servers = _read_dns_servers(top)
     targets = _read_targets(top, defaults)
+    maintenance = _read_maintenance(top, targets or ())
     if context.problems or targets is None:
         return None
     return Config(
         targets=targets,
         icmp=icmp,
         dns_refresh=_or(dns_refresh, DEFAULTS.dns_refresh),
+        dns_servers=dns_servers,
+        maintenance=maintenance,
         histogram_buckets=_or(buckets, DEFAULTS.histogram_buckets),
         source=context.source,
     )
@@ -997,6 +1062,7 @@ def _read_defaults(top: _Section) -> _Settings:
     section.allow(_SETTING_KEYS)
     defaults = _read_settings(section)
     _check_timeout(top.context, defaults, _Settings(), "defaults")
+    _check_flap(top.context, defaults, _Settings(), "defaults")
     return defaults
 
 
@@ -1096,6 +1162,7 @@ def _read_target(
     probes = _read_probes(section)
     own = _read_settings(section)
     _check_timeout(context, own, defaults, path)
+    _check_flap(context, own, defaults, path)
     if name is None or host is None or probes is None:
         return None
     return _make_target(name, host, probes, own.over(defaults), node.at)
@@ -1115,6 +1182,11 @@ def _make_target(
         window=_or(settings.window, DEFAULTS.window),
         ip_protocol=_or(settings.ip_protocol, DEFAULTS.ip_protocol),
         labels=tuple(sorted(settings.labels.items())),
+        degraded_loss_ratio=_or(settings.degraded_loss_ratio, DEFAULTS.degraded_loss_ratio),
+        degraded_rtt=_or(settings.degraded_rtt, DEFAULTS.degraded_rtt),
+        flap_window=_or(settings.flap_window, DEFAULTS.flap_window),
+        flap_start=_or(settings.flap_start, DEFAULTS.flap_start),
+        flap_stop=_or(settings.flap_stop, DEFAULTS.flap_stop),
         source=at,
     )
 
@@ -1205,3 +1277,118 @@ def _read_icmp_probe(probes: _Section) -> ProbeSpec | None:
         return None
     section.allow(())
     return ProbeSpec(ProbeKind.ICMP) if not section.map.fields else None
+
+
+def _read_dns_servers(top: _Section) -> tuple[str, ...]:
+    """IP literals of name servers; empty means the system's resolver configuration."""
+    node, path = top.get("dns_servers"), "dns_servers"
+    if node is None:
+        return ()
+    todo = "write a list of name server addresses, such as [127.0.0.53]"
+    if not isinstance(node, _Seq) or len(node.items) > _DNS_SERVERS_MAX:
+        _wrong_type(top.context, node, path, f"a list of at most {_DNS_SERVERS_MAX} addresses",
+                    todo)
+        return ()
+    servers = []
+    for index, item in enumerate(node.items):
+        text = _string(top.context, item, f"{path}[{index}]", todo)
+        try:
+            servers.append(str(ipaddress.ip_address(text or "")))
+        except ValueError:
+            if text is not None:
+                top.context.add(item.at, f"{path}[{index}]", f"{_show(text)} is not an IP "
+                                "address; name servers are given by address")
+    return tuple(servers)
+
+
+def _read_maintenance(top: _Section, targets: Sequence[TargetConfig]
+                      ) -> tuple[MaintenanceWindow, ...]:
+    node, path = top.get("maintenance"), "maintenance"
+    if node is None:
+        return ()
+    if not isinstance(node, _Seq):
+        _wrong_type(top.context, node, path, "a list", "write `- name: ...` items")
+        return ()
+    names = {t.name for t in targets}
+    found = [_read_window(top.context, item, f"{path}[{i}]", names)
+             for i, item in enumerate(node.items)]
+    return tuple(w for w in found if w is not None)
+
+
+def _read_window(context: _Context, node: _Node, path: str, names: set[str]
+                 ) -> MaintenanceWindow | None:
+    todo = "write `name:`, `start:`, `end:` and `targets:` or `match_labels:`"
+    section = _open(context, node, path, "a mapping", todo)
+    if section is None:
+        return None
+    section.allow(_MAINTENANCE_KEYS)
+    name_node = section.require("name", "add a name, such as `name: rollout-42`")
+    name = None if name_node is None else _string(context, name_node, section.sub("name"), todo)
+    start = _timestamp(section, "start")
+    end = _timestamp(section, "end")
+    selected = _window_targets(section, names)
+    match = _read_labels_at(section, "match_labels")
+    if not selected and not match and "targets" not in section.map.fields:
+        context.add(section.map.at, path, "selects no target; add `targets:` or `match_labels:`")
+        return None
+    if name is None or start is None or end is None:
+        return None
+    if end <= start:
+        shown = (datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat() for t in (end, start))
+        context.add(section.at("end"), section.sub("end"),
+                    "{} is not after start {}; set end later than start".format(*shown))
+        return None
+    return MaintenanceWindow(name, start, end, selected, tuple(sorted(match.items())))
+
+
+def _timestamp(section: _Section, key: str) -> float | None:
+    node = section.require(key, f"add `{key}:` as a time with a zone, such as "
+                           "2026-11-23T10:00:00Z")
+    if node is None:
+        return None
+    value = node.value if isinstance(node, _Leaf) else None
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, datetime.datetime) or value.tzinfo is None:
+        section.context.add(node.at, section.sub(key), "expected a date and time with a zone; "
+                            "write one such as 2026-11-23T10:00:00Z or 2026-11-23T11:00:00+01:00")
+        return None
+    return value.timestamp()
+
+
+def _window_targets(section: _Section, names: set[str]) -> tuple[str, ...]:
+    node = section.get("targets")
+    if node is None:
+        return ()
+    path = section.sub("targets")
+    if not isinstance(node, _Seq):
+        _wrong_type(section.context, node, path, "a list of target names", "write [db1, db2]")
+        return ()
+    out = []
+    for index, item in enumerate(node.items):
+        name = _string(section.context, item, f"{path}[{index}]", "write a target name")
+        if name is not None and name not in names:
+            section.context.add(item.at, f"{path}[{index}]", f"no target is named {_show(name)};"
+                                " use the `name` of a target in this file")
+        elif name is not None:
+            out.append(name)
+    return tuple(out)
+
+
+def _read_labels_at(section: _Section, key: str) -> dict[str, str]:
+    """A mapping of label names to strings at `key` (empty if absent)."""
+    node = section.get(key)
+    if node is None:
+        return {}
+    inner = _open(section.context, node, section.sub(key), "a mapping of label names to strings")
+    if inner is None:
+        return {}
+    out = {}
+    for name, entry in inner.map.fields.items():
+        value = _label_value(section.context, entry.node, inner.sub(name))
+        if value is not None:
+            out[name] = value
+    return out

@@ -100,12 +100,20 @@ class Daemon:
 
     # --- events from subsystems -------------------------------------------------------------
     def _on_transition(self, watch: Watch, transition: Transition) -> None:
-        self.events.transition(watch.target.name, watch.spec.kind.value, transition)
+        window = watch.active_maintenance(transition.at)
+        self.events.transition(watch.target.name, watch.spec.kind.value, transition,
+                               None if window is None else window.name)
 
     def _on_address_change(self, key: tuple[str, Any], old: Resolution,
                            new: Resolution) -> None:
-        log.warning("%s now resolves to %s (was %s)", key[0], new.ip or new.detail,
-                    old.ip or old.detail)
+        host, protocol = key
+        now = new.ip or f"nothing ({new.reason.value if new.reason else 'dns'}: {new.detail})"
+        before = old.ip or f"nothing ({old.detail})"
+        self.events.lifecycle(
+            EventKind.ADDRESS_CHANGED, f"{host} ({protocol.value}) now resolves to {now}, "
+            f"was {before}", fields={"HOST": host, "IP": new.ip or "", "PREVIOUS_IP": old.ip or "",
+                                     "IP_PROTOCOL": protocol.value,
+                                     "REASON": new.reason.value if new.reason else "ok"})
 
     def _on_job_error(self, exc: BaseException) -> None:
         self.die(exc)
@@ -144,7 +152,8 @@ class Daemon:
         """Swap to a validated config: unchanged watches keep state, counters and phase."""
         self._ensure_icmp(config)
         self.resolver.set_refresh(config.dns_refresh)
-        await self.resolver.update({(t.host, t.ip_protocol) for t in config.targets})
+        await self.resolver.update({(t.host, p) for t in config.targets
+                                    for p in t.ip_protocol.families()})
         watches = Watches.build(config, self.watches)
         self.scheduler.apply(watches)
         self.watches = watches

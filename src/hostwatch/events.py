@@ -26,19 +26,22 @@ class EventKind(enum.Enum):
     CONFIG_LOADED = "1d3f6cd774204bcf9d4dcee413b487ce"
     CONFIG_FAILED = "beea5e6af59d4d889a16d7fb574297e8"
     FATAL = "973efbffabab498298dbea9ea890a700"
+    ADDRESS_CHANGED = "5f5e2ab08e1d498681b9811e44efc746"
 
 
 def _format_rtt(rtt: float | None) -> str:
     return "" if rtt is None else f"{rtt:.6f}"
 
 
-def transition_entry(target: str, probe: str, transition: Transition
-                     ) -> tuple[int, str, dict[str, str]]:
-    """Priority, message and fields of a state transition."""
+def transition_entry(target: str, probe: str, transition: Transition,
+                     maintenance: str | None = None) -> tuple[int, str, dict[str, str]]:
+    """Priority, message and fields of a state transition. During planned maintenance the
+    entry is flagged (MAINTENANCE=1, MAINTENANCE_WINDOW=name) and logged at INFO."""
     result = transition.result
-    reason = result.reason.value + (f" ({result.detail})" if result.detail else "")
+    reason = transition.reason or result.reason.value
+    shown = reason + (f" ({transition.detail})" if transition.detail else "")
     message = (f"{target} {probe} {transition.previous.value.upper()} -> "
-               f"{transition.current.value.upper()}: {reason}")
+               f"{transition.current.value.upper()}: {shown}")
     fields = {
         "MESSAGE_ID": EventKind.TRANSITION.value,
         "TARGET": target,
@@ -46,14 +49,23 @@ def transition_entry(target: str, probe: str, transition: Transition
         "IP": result.ip,
         "STATE": transition.current.value.upper(),
         "PREVIOUS_STATE": transition.previous.value.upper(),
-        "REASON": result.reason.value,
+        "REASON": reason,
     }
-    if result.detail:
-        fields["REASON_DETAIL"] = result.detail
+    if transition.detail:
+        fields["REASON_DETAIL"] = transition.detail
     if result.rtt is not None:
         fields["RTT_SECONDS"] = _format_rtt(result.rtt)
-    priority = LOG_WARNING if transition.current is Health.DOWN else LOG_NOTICE
+    priority = _PRIORITIES.get(transition.current, LOG_NOTICE)
+    if maintenance is not None:
+        fields["MAINTENANCE"] = "1"
+        fields["MAINTENANCE_WINDOW"] = maintenance
+        message += f" [maintenance {maintenance}]"
+        priority = LOG_INFO
     return priority, message, fields
+
+
+_PRIORITIES = {Health.DOWN: LOG_WARNING, Health.FLAPPING: LOG_WARNING,
+               Health.DEGRADED: LOG_WARNING}
 
 
 class Events:
@@ -62,8 +74,9 @@ class Events:
     def __init__(self, sink: EventSink) -> None:
         self.sink = sink
 
-    def transition(self, target: str, probe: str, transition: Transition) -> None:
-        priority, message, fields = transition_entry(target, probe, transition)
+    def transition(self, target: str, probe: str, transition: Transition,
+                   maintenance: str | None = None) -> None:
+        priority, message, fields = transition_entry(target, probe, transition, maintenance)
         self.sink.emit(priority, message, fields)
 
     def lifecycle(self, kind: EventKind, message: str, priority: int = LOG_NOTICE,

@@ -8,6 +8,7 @@ and metrics are a view. No `_created` series are produced.
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from hostwatch import __version__
 from hostwatch.journal import SinkStats
+from hostwatch.model import IpProtocol
 from hostwatch.scheduler import LAG_BUCKETS, SchedulerStats
 from hostwatch.state import Health
 from hostwatch.watch import Watch
@@ -56,6 +58,8 @@ def _le(bound: float) -> str:
 def _watch_labels(watch: Watch) -> dict[str, str]:
     labels = {"target": watch.target.name, "ip": watch.state.last_ip,
               "probe": watch.spec.kind.value}
+    if watch.target.ip_protocol is IpProtocol.DUAL:
+        labels["ip_protocol"] = watch.protocol.value  # tells the two families' series apart
     labels.update(watch.target.labels)
     return labels
 
@@ -63,7 +67,8 @@ def _watch_labels(watch: Watch) -> dict[str, str]:
 class _Families:
     """The per-target metric families of one scrape, filled watch by watch."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
+        self.now = now
         m = Metric
         self.success = m(P + "probe_success", "1 if the last probe succeeded, else 0.", "gauge")
         self.state = m(P + "probe_state",
@@ -84,6 +89,11 @@ class _Families:
                         "RTT statistic over the successful probes of the window.", "gauge")
         self.window_size = m(P + "probe_window_results",
                              "Results currently held in the window.", "gauge")
+        self.maintenance = m(P + "probe_maintenance",
+                             "1 while a planned maintenance window covers the target.", "gauge")
+        self.flap_changes = m(P + "probe_flap_changes",
+                              "Underlying state changes within the flap window "
+                              "(FLAPPING at flap_start).", "gauge")
 
     def add(self, watch: Watch) -> None:
         labels = _watch_labels(watch)
@@ -108,6 +118,12 @@ class _Families:
             self.last_change.add_sample(P + "probe_last_transition_timestamp_seconds", labels,
                                         st.last_transition_at)
         self._window(labels, watch)
+        window = watch.active_maintenance(self.now)
+        if window is not None:
+            self.maintenance.add_sample(P + "probe_maintenance",
+                                        {**labels, "window": window.name}, 1.0)
+        self.flap_changes.add_sample(P + "probe_flap_changes", labels,
+                                     float(st.tracker.recent_changes(self.now)))
 
     def _histogram(self, labels: dict[str, str], watch: Watch) -> None:
         st = watch.state
@@ -135,7 +151,7 @@ class _Families:
     def all(self) -> list[Metric]:
         return [self.success, self.state, self.rtt, self.last_rtt, self.sent, self.received,
                 self.failures, self.transitions, self.last_change, self.loss, self.window,
-                self.window_size]
+                self.window_size, self.maintenance, self.flap_changes]
 
 
 class HostwatchCollector(Collector):
@@ -145,7 +161,7 @@ class HostwatchCollector(Collector):
         self._view = view
 
     def collect(self) -> Iterator[Metric]:
-        families = _Families()
+        families = _Families(time.time())
         counts: dict[tuple[str, str], int] = {}
         for watch in self._view.watches():
             families.add(watch)

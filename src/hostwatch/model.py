@@ -16,6 +16,7 @@ __all__ = [
     "IcmpMode",
     "IcmpSettings",
     "IpProtocol",
+    "MaintenanceWindow",
     "ProbeKind",
     "ProbeSpec",
     "SourceLocation",
@@ -36,6 +37,11 @@ class IpProtocol(enum.StrEnum):
     AUTO = "auto"  # the first address the resolver returns, IPv6 or IPv4
     IP4 = "ip4"
     IP6 = "ip6"
+    DUAL = "dual"  # both families, each probed separately with its own state
+
+    def families(self) -> tuple[IpProtocol, ...]:
+        """The protocols of the watches this setting makes: DUAL is one per family."""
+        return (IpProtocol.IP4, IpProtocol.IP6) if self is IpProtocol.DUAL else (self,)
 
 
 class IcmpMode(enum.StrEnum):
@@ -76,6 +82,11 @@ class Defaults:
     success_threshold: int = 3
     window: int = 100
     ip_protocol: IpProtocol = IpProtocol.AUTO
+    degraded_loss_ratio: float = 0.1
+    degraded_rtt: float | None = None
+    flap_window: float = 600.0
+    flap_start: int = 6
+    flap_stop: int = 2
     dns_refresh: float = 300.0
     icmp_mode: IcmpMode = IcmpMode.AUTO
     icmp_payload_size: int = 56
@@ -103,9 +114,35 @@ class TargetConfig:
     window: int = DEFAULTS.window
     ip_protocol: IpProtocol = DEFAULTS.ip_protocol
     labels: tuple[tuple[str, str], ...] = ()
+    degraded_loss_ratio: float = DEFAULTS.degraded_loss_ratio
+    degraded_rtt: float | None = DEFAULTS.degraded_rtt
+    flap_window: float = DEFAULTS.flap_window
+    flap_start: int = DEFAULTS.flap_start
+    flap_stop: int = DEFAULTS.flap_stop
     # Where the target was defined; excluded from equality so that moving a target within the
     # file is not a change on reload.
     source: SourceLocation | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    """Planned maintenance: from `start` to `end` (Unix seconds) for the named targets and the
+    targets whose labels include every pair of `match_labels`."""
+
+    name: str
+    start: float
+    end: float
+    targets: tuple[str, ...] = ()
+    match_labels: tuple[tuple[str, str], ...] = ()
+
+    def selects(self, target: TargetConfig) -> bool:
+        if target.name in self.targets:
+            return True
+        labels = dict(target.labels)
+        return bool(self.match_labels) and all(labels.get(k) == v for k, v in self.match_labels)
+
+    def active(self, now: float) -> bool:
+        return self.start <= now < self.end
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,5 +160,8 @@ class Config:
     targets: tuple[TargetConfig, ...]
     icmp: IcmpSettings = IcmpSettings()
     dns_refresh: float = DEFAULTS.dns_refresh
+    # Name servers for resolving target names (IP literals); empty: /etc/resolv.conf's.
+    dns_servers: tuple[str, ...] = ()
+    maintenance: tuple[MaintenanceWindow, ...] = ()
     histogram_buckets: tuple[float, ...] = DEFAULTS.histogram_buckets
     source: str = "<embedded default>"

@@ -99,7 +99,7 @@ class SlotScheduler:
         members: dict[SlotKey, list[Watch]] = {}
         for watch in watches:
             slots = slots_for(watch.interval, self._slot_width, self._max_slots)
-            key = (watch.interval, slot_of(watch.target.name, watch.spec.kind.value, slots))
+            key = (watch.interval, slot_of(watch.target.name, watch.probe_name, slots))
             members.setdefault(key, []).append(watch)
         for key in self._members.keys() - members.keys():
             self._scheduler.remove_job(_job_id(key))

@@ -1,43 +1,35 @@
 """Per target-and-probe state: pure, no I/O, constant memory.
 
-`ProbeState.record` takes one `ProbeResult` and returns a `Transition` when the health changes.
-The window of the last N results lives in a preallocated array (NaN marks a failure), so the
-memory of a target never grows however long the daemon runs.
-
-Hysteresis: UNKNOWN becomes UP on the first success and DOWN after `failure_threshold`
-consecutive failures; UP becomes DOWN after `failure_threshold` consecutive failures; DOWN
-becomes UP after `success_threshold` consecutive successes. One lost packet is never an alarm.
+`ProbeState.record` takes one `ProbeResult` and returns a `Transition` when the public state
+changes. The window of the last N results lives in a preallocated array (NaN marks a
+failure), so the memory of a target never grows however long the daemon runs. The state
+machine itself (hysteresis, DEGRADED, FLAPPING) is `hostwatch.health`.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
 
+from hostwatch.health import Health, Policy, Tracker, Verdict, WindowCounts
 from hostwatch.probes.base import ProbeResult, Reason
 
-__all__ = ["Health", "ProbeState", "Transition", "WindowStats"]
-
-
-class Health(enum.StrEnum):
-    """The state of a target's probe; the value is the metric label and journal STATE."""
-
-    UNKNOWN = "unknown"
-    UP = "up"
-    DOWN = "down"
+__all__ = ["Health", "Policy", "ProbeState", "Transition", "WindowStats"]
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """A change of health, caused by `result`; `at` is wall-clock seconds since the epoch."""
+    """A change of public state, caused by `result`; `at` is wall-clock seconds since the epoch.
+    `reason` and `detail` say why the new state holds (the failure reason, `loss`, …)."""
 
     previous: Health
     current: Health
     result: ProbeResult
     at: float
+    reason: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +91,11 @@ class _Window:
         self._sum = math.fsum(received)
         self._sumsq = math.fsum(v * v for v in received)
 
+    def counts(self) -> WindowCounts:
+        received = self.filled - self.lost
+        mean = self._sum / received if received else None
+        return WindowCounts(self.capacity, self.filled, self.lost, mean)
+
     def stats(self) -> WindowStats:
         received = sorted(v for v in self.values[: self.filled] if not math.isnan(v))
         loss = self.lost / self.filled if self.filled else 0.0
@@ -116,19 +113,13 @@ class ProbeState:
     """Health, counters, RTT histogram and window of one target's probe."""
 
     __slots__ = (
-        "_window", "bucket_counts", "buckets", "consecutive_failures", "consecutive_successes",
-        "failure_threshold", "failures", "health", "last_ip", "last_result", "last_transition_at",
-        "received", "rtt_sum", "sent", "success_threshold", "transitions",
+        "_window", "bucket_counts", "buckets", "failures", "last_ip", "last_result",
+        "last_transition_at", "received", "rtt_sum", "sent", "tracker", "transitions",
     )
 
-    def __init__(self, failure_threshold: int, success_threshold: int, window: int,
-                 buckets: tuple[float, ...]) -> None:
-        self.failure_threshold = failure_threshold
-        self.success_threshold = success_threshold
+    def __init__(self, policy: Policy, window: int, buckets: tuple[float, ...]) -> None:
+        self.tracker = Tracker(policy)
         self.buckets = buckets
-        self.health = Health.UNKNOWN
-        self.consecutive_failures = 0
-        self.consecutive_successes = 0
         self.sent = 0
         self.received = 0
         self.failures: dict[Reason, int] = {}
@@ -140,48 +131,42 @@ class ProbeState:
         self.rtt_sum = 0.0
         self._window = _Window(window)
 
+    @property
+    def health(self) -> Health:
+        return self.tracker.public.health
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.tracker.public
+
     def record(self, result: ProbeResult, now: float) -> Transition | None:
-        """Account one result; return the transition it caused, if any."""
+        """Account one result; return the transition of the public state it caused, if any."""
+        previous = self.tracker.public.health
         self.last_result = result
         if result.ip:
             self.last_ip = result.ip
-        if result.reason is not Reason.DNS and result.reason is not Reason.NO_ADDRESS:
+        if not result.reason.unsent:
             self.sent += 1  # a request went out (or was attempted on the wire)
         if result.ok and result.rtt is not None:
             self._success(result.rtt)
         else:
             self._failure(result.reason)
-        new = self._next_health()
-        if new is self.health:
+        verdict = self.tracker.update(result, self._window.counts(), now)
+        if verdict is None:
             return None
-        transition = Transition(self.health, new, result, now)
-        self.health = new
         self.transitions += 1
         self.last_transition_at = now
-        return transition
+        return Transition(previous, verdict.health, result, now, verdict.reason, verdict.detail)
 
     def _success(self, rtt: float) -> None:
         self.received += 1
-        self.consecutive_successes += 1
-        self.consecutive_failures = 0
         self.bucket_counts[bisect_left(self.buckets, rtt)] += 1
         self.rtt_sum += rtt
         self._window.push(rtt)
 
     def _failure(self, reason: Reason) -> None:
         self.failures[reason] = self.failures.get(reason, 0) + 1
-        self.consecutive_failures += 1
-        self.consecutive_successes = 0
         self._window.push(None)
-
-    def _next_health(self) -> Health:
-        if self.consecutive_failures >= self.failure_threshold:
-            return Health.DOWN
-        if self.health is Health.UNKNOWN and self.consecutive_successes >= 1:
-            return Health.UP
-        if self.health is Health.DOWN and self.consecutive_successes >= self.success_threshold:
-            return Health.UP
-        return self.health
 
     def window_stats(self) -> WindowStats:
         return self._window.stats()

@@ -9,37 +9,59 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from hostwatch.model import Config, ProbeKind, ProbeSpec, TargetConfig
+from hostwatch.faults import FaultInjector
+from hostwatch.health import Policy
+from hostwatch.model import (
+    Config,
+    IpProtocol,
+    MaintenanceWindow,
+    ProbeKind,
+    ProbeSpec,
+    TargetConfig,
+)
 from hostwatch.probes.base import Prober, ProbeResult, Reason
 from hostwatch.resolve import Resolver
 from hostwatch.state import ProbeState, Transition
 
-__all__ = ["Watch", "WatchKey", "Watches"]
+__all__ = ["Runner", "Watch", "WatchKey", "Watches"]
 
-WatchKey = tuple[str, ProbeKind]
+WatchKey = tuple[str, ProbeKind, IpProtocol]
 TransitionListener = Callable[["Watch", Transition], None]
 
 
 class Watch:
-    """One probe of one target, with its state; `fire` starts a probe unless one is running."""
+    """One probe of one target (per address family for `ip_protocol: dual`), with its state."""
 
-    __slots__ = ("buckets", "in_flight", "spec", "state", "target")
+    __slots__ = ("buckets", "in_flight", "maintenance", "protocol", "spec", "state", "target")
 
-    def __init__(self, target: TargetConfig, spec: ProbeSpec, buckets: tuple[float, ...]):
+    def __init__(self, target: TargetConfig, spec: ProbeSpec, protocol: IpProtocol,
+                 buckets: tuple[float, ...]) -> None:
         self.target = target
         self.spec = spec
+        self.protocol = protocol
         self.buckets = buckets
-        self.state = ProbeState(target.failure_threshold, target.success_threshold,
-                                target.window, buckets)
+        self.state = ProbeState(Policy.of(target), target.window, buckets)
         self.in_flight = False
+        self.maintenance: tuple[MaintenanceWindow, ...] = ()
 
     @property
     def key(self) -> WatchKey:
-        return (self.target.name, self.spec.kind)
+        return (self.target.name, self.spec.kind, self.protocol)
 
     @property
     def interval(self) -> float:
         return self.target.interval
+
+    @property
+    def probe_name(self) -> str:
+        """The probe's identity for scheduling: `icmp`, or `icmp/ip6` for one family of a
+        dual-stack target."""
+        if self.target.ip_protocol is IpProtocol.DUAL:
+            return f"{self.spec.kind.value}/{self.protocol.value}"
+        return self.spec.kind.value
+
+    def active_maintenance(self, now: float) -> MaintenanceWindow | None:
+        return next((w for w in self.maintenance if w.active(now)), None)
 
     def can_adopt(self, target: TargetConfig, spec: ProbeSpec,
                   buckets: tuple[float, ...]) -> bool:
@@ -52,8 +74,7 @@ class Watch:
     def adopt(self, target: TargetConfig) -> None:
         """Take the new definition, keeping health, counters and window."""
         self.target = target
-        self.state.failure_threshold = target.failure_threshold
-        self.state.success_threshold = target.success_threshold
+        self.state.tracker.set_policy(Policy.of(target))
 
 
 class Watches:
@@ -67,14 +88,23 @@ class Watches:
         old = previous._by_key if previous is not None else {}
         out: list[Watch] = []
         for target in config.targets:
+            windows = tuple(w for w in config.maintenance if w.selects(target))
             for spec in target.probes:
-                kept = old.get((target.name, spec.kind))
-                if kept is not None and kept.can_adopt(target, spec, config.histogram_buckets):
-                    kept.adopt(target)
-                    out.append(kept)
-                else:
-                    out.append(Watch(target, spec, config.histogram_buckets))
+                for protocol in target.ip_protocol.families():
+                    watch = cls._reuse_or_new(old, target, spec, protocol,
+                                              config.histogram_buckets)
+                    watch.maintenance = windows
+                    out.append(watch)
         return cls(out)
+
+    @staticmethod
+    def _reuse_or_new(old: Mapping[WatchKey, Watch], target: TargetConfig, spec: ProbeSpec,
+                      protocol: IpProtocol, buckets: tuple[float, ...]) -> Watch:
+        kept = old.get((target.name, spec.kind, protocol))
+        if kept is not None and kept.can_adopt(target, spec, buckets):
+            kept.adopt(target)
+            return kept
+        return Watch(target, spec, protocol, buckets)
 
     def __iter__(self) -> Iterator[Watch]:
         return iter(self._by_key.values())
@@ -96,6 +126,7 @@ class Runner:
         self._resolver = resolver
         self._on_transition = on_transition
         self._clock = clock
+        self._faults = FaultInjector()
         self.skipped_in_flight = 0
 
     def fire(self, watch: Watch) -> None:
@@ -103,7 +134,7 @@ class Runner:
             self.skipped_in_flight += 1
             return
         target = watch.target
-        resolution = self._resolver.get(target.host, target.ip_protocol)
+        resolution = self._resolver.get(target.host, watch.protocol)
         if resolution.ip is None:
             reason = resolution.reason or Reason.DNS
             self._record(watch, ProbeResult(reason, "", detail=resolution.detail))
@@ -115,6 +146,8 @@ class Runner:
 
     def _done(self, watch: Watch, result: ProbeResult) -> None:
         watch.in_flight = False
+        if self._faults.armed:
+            self._faults.on_result()
         self._record(watch, result)
 
     def _record(self, watch: Watch, result: ProbeResult) -> None:

@@ -21,9 +21,21 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"
     REFUSED = "refused"
     UNREACHABLE = "unreachable"
-    DNS = "dns"
+    DNS = "dns"  # a resolver failure not told apart below (e.g. a malformed answer)
+    DNS_NXDOMAIN = "dns-nxdomain"
+    DNS_SERVFAIL = "dns-servfail"
+    DNS_TIMEOUT = "dns-timeout"
     NO_ADDRESS = "no-address-for-family"
     SEND_ERROR = "send-error"
+
+    @property
+    def unsent(self) -> bool:
+        """True for reasons where no probe went on the wire (the name did not resolve)."""
+        return self in _UNSENT
+
+
+_UNSENT = frozenset({Reason.DNS, Reason.DNS_NXDOMAIN, Reason.DNS_SERVFAIL, Reason.DNS_TIMEOUT,
+                     Reason.NO_ADDRESS})
 
 
 @dataclass(frozen=True, slots=True)
