@@ -38,6 +38,7 @@ from hostwatch.model import (
     IcmpMode,
     IcmpSettings,
     IpProtocol,
+    MaintenanceWindow,
     ProbeKind,
     ProbeSpec,
     SourceLocation,
@@ -798,30 +799,39 @@ class TestValidConfig:
     def test_full_example_round_trips(self) -> None:
         """The complete example file builds exactly the expected Config."""
         site_lab = (("site", "lab"),)
+        state = {"degraded_loss_ratio": 0.05, "degraded_rtt": 0.05, "flap_window": 900.0,
+                 "flap_start": 8, "flap_stop": 3}
         expected = Config(
             targets=(
                 TargetConfig(
                     "loopback-v4", "127.0.0.1", (ICMP,), interval=2.0, timeout=0.5,
                     failure_threshold=5, success_threshold=2, window=300, labels=site_lab,
+                    **state,  # type: ignore[arg-type]
                 ),
                 TargetConfig(
                     "second-loopback", "127.0.0.2", (ICMP, ProbeSpec(ProbeKind.TCP, 22)),
                     interval=10.0, timeout=2.0, failure_threshold=5, success_threshold=2,
                     window=300, labels=(("role", "ssh"), ("site", "bench")),
+                    **state,  # type: ignore[arg-type]
                 ),
                 TargetConfig(
                     "loopback-v6", "::1", (ProbeSpec(ProbeKind.TCP, 10115),), interval=2.0,
                     timeout=0.5, failure_threshold=5, success_threshold=2, window=300,
                     ip_protocol=IpProtocol.IP6, labels=site_lab,
+                    **state,  # type: ignore[arg-type]
                 ),
                 TargetConfig(
                     "localhost", "localhost", (ICMP,), interval=2.0, timeout=0.5,
                     failure_threshold=3, success_threshold=2, window=300,
-                    ip_protocol=IpProtocol.IP4, labels=site_lab,
+                    ip_protocol=IpProtocol.DUAL, labels=site_lab,
+                    **state,  # type: ignore[arg-type]
                 ),
             ),
             icmp=IcmpSettings(IcmpMode.AUTO, 56),
             dns_refresh=600.0,
+            dns_servers=("127.0.0.53",),
+            maintenance=(MaintenanceWindow("ssh-upgrade", 1796162400.0, 1796167800.0,
+                                           ("loopback-v6",), (("role", "ssh"),)),),
             histogram_buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
             source=str(FULL_EXAMPLE),
         )
@@ -831,7 +841,7 @@ class TestValidConfig:
         """Each target remembers the position of its list item."""
         config = load_config(FULL_EXAMPLE)
         where = [(t.source.line, t.source.column) for t in config.targets if t.source]
-        assert where == [(22, 5), (27, 5), (38, 5), (45, 5)]
+        assert where == [(28, 5), (33, 5), (44, 5), (51, 5)]
 
     def test_defaults_applied(self) -> None:
         """Keys left out anywhere take the values of `model.DEFAULTS`."""

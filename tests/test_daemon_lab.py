@@ -136,3 +136,6 @@ class TestJournalTrouble:
         assert transitions >= 200 * 13
         assert after.value("hostwatch_log_messages_dropped_total") > 0
         assert after.value("hostwatch_scheduler_skipped_total", reason="missed") == 0
+        # Probes were not delayed: no slot job started more than 250 ms late meanwhile.
+        runs = after.value("hostwatch_scheduler_lag_seconds_count")
+        assert runs == after.value("hostwatch_scheduler_lag_seconds_bucket", le="0.25")

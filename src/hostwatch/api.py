@@ -7,6 +7,7 @@ versioned by its path.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,10 +24,12 @@ def _window(stats: WindowStats) -> dict[str, Any]:
                             "stddev": stats.rtt_stddev}}
 
 
-def watch_document(watch: Watch) -> dict[str, Any]:
+def watch_document(watch: Watch, now: float) -> dict[str, Any]:
     """One (target, probe) as a JSON-ready dict."""
     st = watch.state
     last = st.last_result
+    verdict = st.verdict
+    window = watch.active_maintenance(now)
     return {
         "target": watch.target.name,
         "host": watch.target.host,
@@ -34,7 +37,13 @@ def watch_document(watch: Watch) -> dict[str, Any]:
         "probe": watch.spec.kind.value,
         "port": watch.spec.port,
         "labels": dict(watch.target.labels),
-        "state": st.health.value,
+        "ip_protocol": watch.protocol.value,
+        "state": verdict.health.value,
+        "state_reason": verdict.reason or None,
+        "state_detail": verdict.detail or None,
+        "underlying_state": st.tracker.underlying.health.value,
+        "flap_changes": st.tracker.recent_changes(now),
+        "maintenance": window.name if window else None,
         "reason": last.reason.value if last else None,
         "detail": last.detail if last else None,
         "last_rtt_seconds": last.rtt if last else None,
@@ -49,5 +58,6 @@ def watch_document(watch: Watch) -> dict[str, Any]:
 
 def targets_document(watches: Iterable[Watch]) -> bytes:
     """`{"status": "success", "data": [...]}`, like the Prometheus HTTP API's envelope."""
-    data = [watch_document(w) for w in watches]
+    now = time.time()
+    data = [watch_document(w, now) for w in watches]
     return json.dumps({"status": "success", "data": data}, separators=(",", ":")).encode()
