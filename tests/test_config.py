@@ -76,7 +76,7 @@ def _only_target(text: str) -> TargetConfig:
 H = "hostwatch.yml"
 TOP_KEYS = (
     "`defaults`, `icmp`, `dns_refresh`, `dns_servers`, `histogram_buckets`, `maintenance`,"
-    " `targets`"
+    " `shard`, `targets`"
 )
 TARGET_KEYS = (
     "`name`, `host`, `probes`, `interval`, `timeout`, `failure_threshold`, `success_threshold`,"
@@ -721,6 +721,28 @@ BAD_CONFIGS = [
         f"{H}:10:5: maintenance[0]: unknown key 'until'; remove it or use one of `name`,"
         " `start`, `end`, `targets`, `match_labels`",
         id="maintenance-unknown-key",
+    ),
+    pytest.param(
+        "shard: {index: 2, total: 2}\n" + _target(),
+        f"{H}:1:16: shard.index: 2 is out of range; use a whole number from 0 to 1",
+        id="shard-index-out-of-range",
+    ),
+    pytest.param(
+        "shard: {total: 3}\n" + _target(),
+        f"{H}:1:8: shard: missing required key `index`;"
+        " add `index:`, this instance's number from 0 to 2",
+        id="shard-without-index",
+    ),
+    pytest.param(
+        "shard: {index: 0}\n" + _target(),
+        f"{H}:1:8: shard: missing required key `total`;"
+        " add `total:`, the number of instances sharing the targets",
+        id="shard-without-total",
+    ),
+    pytest.param(
+        "shard: {index: 0, total: 0}\n" + _target(),
+        f"{H}:1:26: shard.total: 0 is out of range; use a whole number from 1 to 1000",
+        id="shard-total-zero",
     ),
 ]
 

@@ -36,6 +36,7 @@ from hostwatch.model import (
     MaintenanceWindow,
     ProbeKind,
     ProbeSpec,
+    Shard,
     SourceLocation,
     TargetConfig,
 )
@@ -115,7 +116,7 @@ _DURATION_UNITS: Final = (
 
 _TOP_KEYS: Final = (
     "defaults", "icmp", "dns_refresh", "dns_servers", "histogram_buckets", "maintenance",
-    "targets",
+    "shard", "targets",
 )
 _SETTING_KEYS: Final = (
     "interval", "timeout", "failure_threshold", "success_threshold", "window", "ip_protocol",
@@ -1042,6 +1043,7 @@ def _build_config(context: _Context, root: _Node | None) -> Config | None:
     dns_servers = _read_dns_servers(top)
     targets = _read_targets(top, defaults)
     maintenance = _read_maintenance(top, targets or ())
+    shard = _read_shard(top)
     if context.problems or targets is None:
         return None
     return Config(
@@ -1050,6 +1052,7 @@ def _build_config(context: _Context, root: _Node | None) -> Config | None:
         dns_refresh=_or(dns_refresh, DEFAULTS.dns_refresh),
         dns_servers=dns_servers,
         maintenance=maintenance,
+        shard=shard,
         histogram_buckets=_or(buckets, DEFAULTS.histogram_buckets),
         source=context.source,
     )
@@ -1392,3 +1395,23 @@ def _read_labels_at(section: _Section, key: str) -> dict[str, str]:
         if value is not None:
             out[name] = value
     return out
+
+
+_SHARD_TOTAL: Final = _Range(1, 1000)
+
+
+def _read_shard(top: _Section) -> Shard:
+    """`shard: {index: i, total: n}`: this instance's share of the targets (hashmod of names)."""
+    section = top.section("shard", "a mapping with `index` and `total`")
+    if section is None:
+        return Shard()
+    section.allow(("index", "total"))
+    total = section.integer("total", _SHARD_TOTAL)
+    todo = "add `total:`, the number of instances sharing the targets"
+    if section.require("total", todo) is None or total is None:
+        return Shard()
+    todo = f"add `index:`, this instance's number from 0 to {total - 1}"
+    if section.require("index", todo) is None:
+        return Shard()
+    index = section.integer("index", _Range(0, total - 1))
+    return Shard(0 if index is None else index, total)

@@ -7,6 +7,7 @@ program never guesses.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "MaintenanceWindow",
     "ProbeKind",
     "ProbeSpec",
+    "Shard",
     "SourceLocation",
     "TargetConfig",
 ]
@@ -146,6 +148,21 @@ class MaintenanceWindow:
 
 
 @dataclass(frozen=True, slots=True)
+class Shard:
+    """This instance probes the targets whose name hashes to `index` modulo `total`."""
+
+    index: int = 0
+    total: int = 1
+
+    def owns(self, name: str) -> bool:
+        """Prometheus' hashmod: the last 8 bytes of md5(name), big-endian, modulo total."""
+        if self.total == 1:
+            return True
+        digest = hashlib.md5(name.encode(), usedforsecurity=False).digest()
+        return int.from_bytes(digest[8:], "big") % self.total == self.index
+
+
+@dataclass(frozen=True, slots=True)
 class IcmpSettings:
     """Process-wide ICMP settings (one socket per address family serves every target)."""
 
@@ -163,5 +180,6 @@ class Config:
     # Name servers for resolving target names (IP literals); empty: /etc/resolv.conf's.
     dns_servers: tuple[str, ...] = ()
     maintenance: tuple[MaintenanceWindow, ...] = ()
+    shard: Shard = Shard()
     histogram_buckets: tuple[float, ...] = DEFAULTS.histogram_buckets
     source: str = "<embedded default>"

@@ -88,6 +88,8 @@ class Watches:
         old = previous._by_key if previous is not None else {}
         out: list[Watch] = []
         for target in config.targets:
+            if not config.shard.owns(target.name):
+                continue  # another instance of the fleet probes it
             windows = tuple(w for w in config.maintenance if w.selects(target))
             for spec in target.probes:
                 for protocol in target.ip_protocol.families():
