@@ -8,9 +8,10 @@ BIN := $(VENV)/bin
 ARGS ?=
 
 # Debian packages: building systemd-python (gcc, pkg-config, libsystemd-dev), the venv, and the
-# real parts the tests use (journald, ip/netns, nftables, prometheus with promtool).
+# real parts the tests use (journald, ip/netns, nftables, prometheus with promtool, dnsmasq).
 RUN_DEBS := python3-venv python3-dev gcc pkg-config libsystemd-dev
-TEST_DEBS := $(RUN_DEBS) systemd iproute2 nftables prometheus procps iputils-ping
+TEST_DEBS := $(RUN_DEBS) systemd iproute2 nftables prometheus procps iputils-ping dnsmasq-base \
+	chromium fonts-dejavu-core
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -30,6 +30,7 @@ from hostwatch.probes.tcp import TcpProber
 from hostwatch.resolve import Resolution, Resolver
 from hostwatch.scheduler import SlotScheduler
 from hostwatch.state import Health, Transition
+from hostwatch.status_page import render_status_page
 from hostwatch.watch import Runner, Watch, Watches
 from hostwatch.web import ListenAddress, WebServer
 
@@ -91,7 +92,8 @@ class Daemon:
             journal=sink.stats, reload=self.reload_status,
             slots=lambda: self.scheduler.slot_count)
         self.web = WebServer(new_registry(self.view), self.reload, lambda: self.ready,
-                             lambda: targets_document(self.watches))
+                             lambda: targets_document(self.watches),
+                             lambda query: render_status_page(self.watches, query))
         self.ready = False
         self.stop_event = asyncio.Event()
         self.fatal: BaseException | None = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import html
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -66,9 +65,11 @@ class WebServer:
 
     def __init__(self, registry: CollectorRegistry,
                  reload: Callable[[], Awaitable[tuple[bool, str]]],
-                 ready: Callable[[], bool], targets_json: Callable[[], bytes]) -> None:
+                 ready: Callable[[], bool], targets_json: Callable[[], bytes],
+                 status_html: Callable[[str], bytes]) -> None:
         self._registry = registry
         self._targets_json = targets_json
+        self._status_html = status_html
         self._reload = reload
         self._ready = ready
         self._server: asyncio.Server | None = None
@@ -129,8 +130,8 @@ class WebServer:
             if not keep:
                 return
 
-    async def _route(self, method: str, path: str) -> Response:
-        path = path.split("?", 1)[0]
+    async def _route(self, method: str, target: str) -> Response:
+        path, _, query = target.partition("?")
         if path == "/-/reload":
             if method != "POST":
                 return Response(405, b"use POST to reload the configuration\n")
@@ -138,8 +139,10 @@ class WebServer:
             return Response(200 if ok else 500, (message + "\n").encode())
         if method not in ("GET", "HEAD"):
             return Response(405, b"method not allowed\n")
+        if path == "/":
+            return Response(200, self._status_html(query), "text/html; charset=utf-8")
         handler = {"/metrics": self._metrics, "/-/healthy": _healthy, "/-/ready": self._ready_page,
-                   "/api/v1/targets": self._targets, "/": _index}.get(path, _not_found)
+                   "/api/v1/targets": self._targets}.get(path, _not_found)
         return handler()
 
     def _metrics(self) -> Response:
@@ -158,23 +161,8 @@ def _healthy() -> Response:
     return Response(200, b"Healthy.\n")
 
 
-def _index() -> Response:
-    return Response(200, _INDEX, "text/html; charset=utf-8")
-
-
 def _not_found() -> Response:
     return Response(404, b"not found; try /metrics\n")
-
-
-_INDEX = (
-    "<!doctype html><html><head><meta charset=utf-8><title>hostwatch</title>"
-    "<meta name=viewport content='width=device-width'></head><body><h1>hostwatch</h1>"
-    "<ul><li><a href='/metrics'>/metrics</a></li>"
-    "<li><a href='/api/v1/targets'>/api/v1/targets</a></li>"
-    "<li><a href='/-/healthy'>/-/healthy</a></li>"
-    f"<li><a href='/-/ready'>/-/ready</a></li></ul><p>{html.escape('POST /-/reload')} "
-    "reloads the configuration.</p></body></html>\n"
-).encode()
 
 
 def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
