@@ -76,7 +76,7 @@ def _only_target(text: str) -> TargetConfig:
 H = "hostwatch.yml"
 TOP_KEYS = (
     "`defaults`, `icmp`, `dns_refresh`, `dns_servers`, `histogram_buckets`, `maintenance`,"
-    " `shard`, `targets`"
+    " `shard`, `target_files`, `targets`"
 )
 TARGET_KEYS = (
     "`name`, `host`, `probes`, `interval`, `timeout`, `failure_threshold`, `success_threshold`,"

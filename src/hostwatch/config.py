@@ -12,6 +12,7 @@ cannot garble a terminal or the journal.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import enum
@@ -39,6 +40,7 @@ from hostwatch.model import (
     Shard,
     SourceLocation,
     TargetConfig,
+    TargetFiles,
 )
 
 __all__ = [
@@ -116,12 +118,13 @@ _DURATION_UNITS: Final = (
 
 _TOP_KEYS: Final = (
     "defaults", "icmp", "dns_refresh", "dns_servers", "histogram_buckets", "maintenance",
-    "shard", "targets",
+    "shard", "target_files", "targets",
 )
 _SETTING_KEYS: Final = (
     "interval", "timeout", "failure_threshold", "success_threshold", "window", "ip_protocol",
     "labels", "degraded_loss_ratio", "degraded_rtt", "flap_window", "flap_start", "flap_stop",
 )
+_TARGET_FILES_KEYS: Final = ("files", "probes", "refresh", *_SETTING_KEYS)
 _MAINTENANCE_KEYS: Final = ("name", "start", "end", "targets", "match_labels")
 _TARGET_KEYS: Final = ("name", "host", "probes", *_SETTING_KEYS)
 _ICMP_KEYS: Final = ("mode", "payload_size")
@@ -1044,6 +1047,7 @@ def _build_config(context: _Context, root: _Node | None) -> Config | None:
     targets = _read_targets(top, defaults)
     maintenance = _read_maintenance(top, targets or ())
     shard = _read_shard(top)
+    target_files = _read_target_files(top, defaults, targets or ())
     if context.problems or targets is None:
         return None
     return Config(
@@ -1053,6 +1057,7 @@ def _build_config(context: _Context, root: _Node | None) -> Config | None:
         dns_servers=dns_servers,
         maintenance=maintenance,
         shard=shard,
+        target_files=target_files,
         histogram_buckets=_or(buckets, DEFAULTS.histogram_buckets),
         source=context.source,
     )
@@ -1415,3 +1420,153 @@ def _read_shard(top: _Section) -> Shard:
         return Shard()
     index = section.integer("index", _Range(0, total - 1))
     return Shard(0 if index is None else index, total)
+
+
+_REFRESH: Final = _Range(1.0, 3600.0)
+_FILE_SD_TODO: Final = "write a list of `{targets: [host, ...], labels: {name: value}}` groups"
+
+
+def _read_target_files(top: _Section, defaults: _Settings, static: Sequence[TargetConfig]
+                       ) -> tuple[TargetFiles, ...]:
+    node, path = top.get("target_files"), "target_files"
+    if node is None:
+        return ()
+    if not isinstance(node, _Seq):
+        _wrong_type(top.context, node, path, "a list", "write `- files: [...]` items")
+        return ()
+    groups = [_read_file_group(top.context, item, f"{path}[{i}]", defaults)
+              for i, item in enumerate(node.items)]
+    return tuple(g for g in groups if g is not None)
+
+
+def _read_file_group(context: _Context, node: _Node, path: str, defaults: _Settings
+                     ) -> TargetFiles | None:
+    todo = "write `files:` (glob patterns) and `probes:`"
+    section = _open(context, node, path, "a mapping", todo)
+    if section is None:
+        return None
+    section.allow(_TARGET_FILES_KEYS)
+    patterns = _read_patterns(section)
+    probes = _read_probes(section)
+    refresh = section.duration("refresh", _REFRESH)
+    own = _read_settings(section)
+    _check_timeout(context, own, defaults, path)
+    _check_flap(context, own, defaults, path)
+    if not patterns or probes is None:
+        return None
+    template = _make_target("", "", probes, own.over(defaults), node.at)
+    return TargetFiles(patterns, template, _or(refresh, 30.0))
+
+
+def _read_patterns(section: _Section) -> tuple[str, ...]:
+    node = section.require("files", "add `files:`, glob patterns such as [targets/*.json]")
+    if node is None:
+        return ()
+    path = section.sub("files")
+    if not isinstance(node, _Seq) or not node.items:
+        _wrong_type(section.context, node, path, "a non-empty list of glob patterns",
+                    "write one such as [/etc/hostwatch/targets/*.yml]")
+        return ()
+    texts = [_string(section.context, item, f"{path}[{i}]", "write a glob pattern")
+             for i, item in enumerate(node.items)]
+    base = os.path.dirname(os.path.abspath(section.context.source))
+    return tuple(os.path.join(base, t) for t in texts if t)
+
+
+def parse_target_file(text: str, source: str, group: TargetFiles,
+                      taken: Mapping[str, str]) -> tuple[TargetConfig, ...]:
+    """The targets of one file_sd file (JSON or YAML) for `group`; ConfigError with
+    file:line:column for every problem. `taken` maps names already in use to where."""
+    context = _Context(source)
+    root = _compose(context, text)
+    found: list[TargetConfig] = []
+    if root is not None and not isinstance(root, _Seq):
+        _wrong_type(context, root, "", "a list of target groups", _FILE_SD_TODO)
+    elif root is not None:
+        for index, item in enumerate(root.items):
+            found.extend(_read_sd_group(context, item, f"[{index}]", group, taken))
+    if context.problems:
+        raise ConfigError(sorted(context.problems, key=_position))
+    return tuple(found)
+
+
+def _read_sd_group(context: _Context, node: _Node, path: str, group: TargetFiles,
+                   taken: Mapping[str, str]) -> list[TargetConfig]:
+    section = _open(context, node, path, "a mapping with `targets`", _FILE_SD_TODO)
+    if section is None:
+        return []
+    section.allow(("targets", "labels"))
+    labels = {k: v for k, v in _read_sd_labels(section).items() if not k.startswith("__")}
+    merged = tuple(sorted({**dict(group.template.labels), **labels}.items()))
+    hosts = section.require("targets", "add `targets: [host, ...]`")
+    if hosts is None:
+        return []
+    if not isinstance(hosts, _Seq):
+        _wrong_type(context, hosts, section.sub("targets"), "a list of hosts", _FILE_SD_TODO)
+        return []
+    out = []
+    for index, item in enumerate(hosts.items):
+        target = _sd_target(context, item, f"{section.sub('targets')}[{index}]", group,
+                            labels=merged, taken=taken)
+        if target is not None:
+            out.append(target)
+    return out
+
+
+def _read_sd_labels(section: _Section) -> dict[str, str]:
+    """Labels of a file_sd group; `__meta_*`-style names are allowed and dropped."""
+    node = section.get("labels")
+    if node is None:
+        return {}
+    inner = _open(section.context, node, section.sub("labels"), "a mapping of label names")
+    if inner is None:
+        return {}
+    out = {}
+    for name, entry in inner.map.fields.items():
+        problem = "" if name.startswith("__") else _label_name_problem(name)
+        if problem:
+            section.context.add(entry.key_at, inner.path, problem)
+            continue
+        value = _label_value(section.context, entry.node, inner.sub(name))
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _sd_target(context: _Context, node: _Node, path: str, group: TargetFiles, *,
+               labels: tuple[tuple[str, str], ...], taken: Mapping[str, str]
+               ) -> TargetConfig | None:
+    text = _string(context, node, path, "write the host as a string")
+    if text is None:
+        return None
+    host, port = _split_host_port(text)
+    try:
+        if not text.startswith("["):  # `[::1]:443`: the IPv6 host and the port are checked
+            _check_name(text)
+        host = _normalise_host(host)
+    except ValueError as err:
+        context.add(node.at, path, str(err))
+        return None
+    where = taken.get(text)
+    if where is not None:
+        context.add(node.at, path, f"{_show(text)} is already a target ({where}); a name is "
+                    "probed once, remove one of them")
+        return None
+    probes = tuple(ProbeSpec(p.kind, port) if p.kind is ProbeKind.TCP and port else p
+                   for p in group.template.probes)
+    return dataclasses.replace(group.template, name=text, host=host, probes=probes,
+                               labels=labels, source=node.at)
+
+
+def _split_host_port(text: str) -> tuple[str, int | None]:
+    """`host`, `host:port` or `[v6]:port` as Prometheus writes targets; the port goes to tcp."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        return text, None
+    if port_text.isdigit() and 1 <= int(port_text) <= 65535:
+        return host, int(port_text)
+    return text, None

@@ -19,9 +19,10 @@ from typing import Any
 from hostwatch import __version__
 from hostwatch.api import targets_document
 from hostwatch.config import ConfigError, default_config, load_config
+from hostwatch.discovery import Fingerprint, discover, fingerprint, refresh_interval
 from hostwatch.events import LOG_CRIT, LOG_ERR, EventKind, Events, SinkHandler
 from hostwatch.journal import EventSink, JournalSink, StderrSink, stderr_is_journal
-from hostwatch.lifecycle import Notifier
+from hostwatch.lifecycle import Notifier, activated_socket, install_test_stall
 from hostwatch.metrics import DaemonView, ReloadStatus, new_registry
 from hostwatch.model import DEFAULTS, Config, ProbeKind
 from hostwatch.probes.base import Prober
@@ -98,6 +99,8 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.fatal: BaseException | None = None
         self._reload_lock = asyncio.Lock()
+        self._static: Config = Config(targets=())
+        self._fingerprint: Fingerprint = ()
         self._listen_port = options.listen.port
 
     # --- events from subsystems -------------------------------------------------------------
@@ -136,10 +139,34 @@ class Daemon:
 
     # --- config -----------------------------------------------------------------------------
     def _read_config(self) -> Config:
+        """The config file (or the embedded default) with the discovered targets added."""
         path = self.options.config_file
         if path is None and not os.path.exists(DEFAULTS.config_file):
-            return default_config(self.options.listen.host, self._listen_port)
-        return load_config(path or DEFAULTS.config_file)
+            static = default_config(self.options.listen.host, self._listen_port)
+        else:
+            static = load_config(path or DEFAULTS.config_file)
+        fingerprint_now = fingerprint(static)
+        config = discover(static)
+        self._static, self._fingerprint = static, fingerprint_now
+        return config
+
+    async def discovery_loop(self) -> None:
+        """Poll the target files; apply a change like a reload (validate, then swap)."""
+        while True:
+            await asyncio.sleep(refresh_interval(self._static) or 30.0)
+            if self._static.target_files and fingerprint(self._static) != self._fingerprint:
+                await self._rediscover()
+
+    async def _rediscover(self) -> None:
+        async with self._reload_lock:
+            static = self._static
+            self._fingerprint = fingerprint(static)
+            try:
+                await self.apply(discover(static))
+            except (ConfigError, IcmpPermissionError, OSError) as err:
+                self.reload_status.successful = False
+                self.events.lifecycle(EventKind.CONFIG_FAILED, "target files rejected, keeping "
+                                      f"the running targets: {err}", LOG_ERR)
 
     def _ensure_icmp(self, config: Config) -> None:
         needs = any(p.kind is ProbeKind.ICMP for t in config.targets for p in t.probes)
@@ -195,7 +222,12 @@ class Daemon:
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Listen, load the first config, start probing; raises on any startup failure."""
-        addresses = await self.web.start(self.options.listen)
+        activated = activated_socket()  # socket activation (hostwatch.socket), if any
+        if activated is None:
+            addresses = await self.web.start(self.options.listen)
+        else:
+            await self.web.start_on_socket(activated)
+            addresses = [activated.getsockname()[:2]]
         self._listen_port = addresses[0][1]
         config = self._read_config()
         await self.apply(config)
@@ -242,11 +274,14 @@ async def _serve(daemon: Daemon) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    status = loop.create_task(daemon.status_loop())
+    install_test_stall(loop)  # only with HOSTWATCH_TEST_STALL_ON_SIGNAL=1 (tests)
+    background = [loop.create_task(daemon.status_loop()),
+                  loop.create_task(daemon.discovery_loop())]
     try:
         await daemon.stop_event.wait()
     finally:
-        status.cancel()
+        for task in background:
+            task.cancel()
         await daemon.stop()
     return EXIT_OK
 

@@ -23,6 +23,7 @@ __all__ = [
     "Shard",
     "SourceLocation",
     "TargetConfig",
+    "TargetFiles",
 ]
 
 
@@ -148,6 +149,17 @@ class MaintenanceWindow:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetFiles:
+    """Targets discovered from files in Prometheus file_sd format (JSON or YAML lists of
+    `{targets: [...], labels: {...}}`). Each discovered target is `template` with the entry's
+    host as name and host and the entry's labels merged over the template's."""
+
+    patterns: tuple[str, ...]
+    template: TargetConfig
+    refresh: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Shard:
     """This instance probes the targets whose name hashes to `index` modulo `total`."""
 
@@ -181,5 +193,6 @@ class Config:
     dns_servers: tuple[str, ...] = ()
     maintenance: tuple[MaintenanceWindow, ...] = ()
     shard: Shard = Shard()
+    target_files: tuple[TargetFiles, ...] = ()
     histogram_buckets: tuple[float, ...] = DEFAULTS.histogram_buckets
     source: str = "<embedded default>"
