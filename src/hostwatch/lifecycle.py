@@ -1,6 +1,7 @@
-"""systemd integration through systemd-python: sd_notify messages and the watchdog.
+"""systemd integration through systemd-python: sd_notify messages, the watchdog, socket
+activation (`listen_fds`), and the test-only event-loop stall that proves the watchdog works.
 
-Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
+Outside systemd (no NOTIFY_SOCKET, no LISTEN_FDS) every call is a no-op.
 """
 
 from __future__ import annotations
@@ -8,11 +9,61 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import socket
+import sys
 import time
 
 from systemd import daemon as sd_daemon
 
-__all__ = ["Notifier"]
+__all__ = ["TEST_STALL_ENV", "ActivationError", "Notifier", "activated_socket",
+           "install_test_stall"]
+
+# Test-only: with this set to 1, SIGUSR2 blocks the event loop (see install_test_stall).
+TEST_STALL_ENV = "HOSTWATCH_TEST_STALL_ON_SIGNAL"
+TEST_STALL_SECONDS = 3600.0
+
+
+class ActivationError(OSError):
+    """systemd passed sockets hostwatch cannot serve on."""
+
+
+def activated_socket() -> socket.socket | None:
+    """The listening socket systemd passed (socket activation), or None when started plainly.
+
+    Exactly one listening stream socket is accepted (one `ListenStream=` in hostwatch.socket;
+    `[::]:10115` with the default BindIPv6Only=both serves IPv4 too). systemd-python's
+    `listen_fds` checks LISTEN_PID and clears the variables, so children never inherit them.
+    """
+    fds: list[int] = sd_daemon.listen_fds()
+    if not fds:
+        return None
+    if len(fds) != 1 or not sd_daemon.is_socket(fds[0], socket.AF_UNSPEC, socket.SOCK_STREAM, 1):
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        raise ActivationError(f"systemd passed {len(fds)} file descriptors; hostwatch.socket "
+                              "must have exactly one ListenStream= (a listening TCP socket)")
+    sock = socket.socket(fileno=fds[0])
+    sock.setblocking(False)
+    return sock
+
+
+def install_test_stall(loop: asyncio.AbstractEventLoop) -> bool:
+    """TEST ONLY. When HOSTWATCH_TEST_STALL_ON_SIGNAL=1, SIGUSR2 makes the event loop block in
+    time.sleep, as a hung callback would: WATCHDOG=1 stops and systemd's watchdog must kill and
+    restart the process (tests/test_systemd.py). Never set it in production."""
+    if os.environ.get(TEST_STALL_ENV) != "1":
+        return False
+    loop.add_signal_handler(signal.SIGUSR2, _stall)
+    return True
+
+
+def _stall() -> None:
+    # Written straight to stderr (the journal stream): the journal writer needs the loop.
+    sys.stderr.write(f"SIGUSR2 with {TEST_STALL_ENV}=1: blocking the event loop (test only)\n")
+    sys.stderr.flush()
+    time.sleep(TEST_STALL_SECONDS)
 
 
 class Notifier:
