@@ -10,12 +10,14 @@ ARGS ?=
 # Debian packages: building systemd-python (gcc, pkg-config, libsystemd-dev), the venv, and the
 # real parts the tests use (journald, ip/netns, nftables, prometheus with promtool, dnsmasq).
 RUN_DEBS := python3-venv python3-dev gcc pkg-config libsystemd-dev
+# Building the .deb (`make deb`; the systemd tests install it into a private systemd).
+DEB_DEBS := $(RUN_DEBS) dh-virtualenv debhelper dpkg-dev build-essential util-linux
 TEST_DEBS := $(RUN_DEBS) systemd iproute2 nftables prometheus procps iputils-ping dnsmasq-base \
-	chromium fonts-dejavu-core
+	chromium fonts-dejavu-core $(DEB_DEBS)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck unit check deps-run deps-test clean
+.PHONY: run test lint typecheck unit check deps-run deps-test deps-deb deb clean
 
 define apt_install
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -31,6 +33,22 @@ deps-run:
 
 deps-test:
 	$(call apt_install,$(TEST_DEBS))
+
+deps-deb:
+	$(call apt_install,$(DEB_DEBS))
+
+# The Debian package (dh-virtualenv; see packaging/build-deb and docs/operations.md). Rebuilt
+# only when a file that goes into it changed.
+DEB_VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' packaging/debian/changelog)
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB_FILE := build/deb/hostwatch_$(DEB_VERSION)_$(DEB_ARCH).deb
+DEB_INPUTS := pyproject.toml README.md CHANGELOG.md $(shell find src/hostwatch docs packaging \
+	-type f -not -name '*.pyc' 2>/dev/null)
+
+deb: deps-deb $(DEB_FILE)
+
+$(DEB_FILE): $(DEB_INPUTS)
+	packaging/build-deb build/deb
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -181,6 +181,7 @@ class Daemon:
         """Swap to a validated config: unchanged watches keep state, counters and phase."""
         self._ensure_icmp(config)
         self.resolver.set_refresh(config.dns_refresh)
+        self.resolver.set_servers(config.dns_servers)
         await self.resolver.update({(t.host, p) for t in config.targets
                                     for p in t.ip_protocol.families()})
         watches = Watches.build(config, self.watches)

@@ -37,7 +37,7 @@ class ProbeKind(enum.StrEnum):
 class IpProtocol(enum.StrEnum):
     """Which address family a target name resolves to (blackbox_exporter's `ip_protocol`)."""
 
-    AUTO = "auto"  # the first address the resolver returns, IPv6 or IPv4
+    AUTO = "auto"  # IPv6 if this host has a route to it, else IPv4 (docs/dns.md)
     IP4 = "ip4"
     IP6 = "ip6"
     DUAL = "dual"  # both families, each probed separately with its own state
