@@ -8,16 +8,23 @@ BIN := $(VENV)/bin
 ARGS ?=
 
 # Debian packages: building systemd-python (gcc, pkg-config, libsystemd-dev), the venv, and the
-# real parts the tests use (journald, ip/netns, nftables, prometheus with promtool, dnsmasq).
+# real parts the tests use (journald, ip/netns, nftables, prometheus with promtool,
+# prometheus-alertmanager with amtool, dnsmasq).
 RUN_DEBS := python3-venv python3-dev gcc pkg-config libsystemd-dev
 # Building the .deb (`make deb`; the systemd tests install it into a private systemd).
 DEB_DEBS := $(RUN_DEBS) dh-virtualenv debhelper dpkg-dev build-essential util-linux
-TEST_DEBS := $(RUN_DEBS) systemd iproute2 nftables prometheus procps iputils-ping dnsmasq-base \
+TEST_DEBS := $(RUN_DEBS) systemd iproute2 nftables prometheus prometheus-alertmanager procps \
+	iputils-ping dnsmasq-base \
 	chromium fonts-dejavu-core $(DEB_DEBS)
+
+# The peers `make bench` measures hostwatch against (never needed by `make test`).
+BENCH_DEBS := $(RUN_DEBS) iproute2 util-linux iputils-ping fping prometheus \
+	prometheus-smokeping-prober prometheus-blackbox-exporter
+BENCH_ARGS ?=
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck unit check deps-run deps-test deps-deb deb clean
+.PHONY: run test lint typecheck unit check bench deps-run deps-test deps-deb deps-bench deb clean
 
 define apt_install
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -36,6 +43,9 @@ deps-test:
 
 deps-deb:
 	$(call apt_install,$(DEB_DEBS))
+
+deps-bench:
+	$(call apt_install,$(BENCH_DEBS))
 
 # The Debian package (dh-virtualenv; see packaging/build-deb and docs/operations.md). Rebuilt
 # only when a file that goes into it changed.
@@ -66,7 +76,7 @@ run: deps-run $(VENV)/.stamp-run
 	$(BIN)/hostwatch $(ARGS)
 
 lint: deps-test $(VENV)/.stamp-test
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 
 typecheck: deps-test $(VENV)/.stamp-test
 	$(BIN)/mypy
@@ -75,6 +85,11 @@ unit: deps-test $(VENV)/.stamp-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# hostwatch beside fping, smokeping_prober and blackbox_exporter at 10,000 loopback targets, in
+# a network namespace of its own; ~15 minutes, bounded. BENCH_ARGS='--help' lists the knobs.
+bench: deps-bench $(VENV)/.stamp-run
+	$(SUDO) $(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -123,7 +123,8 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         _target(probes="{icmp: {}, http: {}}"),
-        f"{H}:4:24: targets[0].probes: unknown key 'http'; remove it or use one of `icmp`, `tcp`",
+        f"{H}:4:24: targets[0].probes: unknown key 'http'; remove it or use one of `icmp`, `tcp`,"
+        " `udp`, `dns`",
         id="unknown-probe-kind",
     ),
     pytest.param(
@@ -340,8 +341,8 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         _target(probes="{}"),
-        f"{H}:4:13: targets[0].probes: no probes; add at least one of `icmp`, `tcp`,"
-        " such as `icmp: {}`",
+        f"{H}:4:13: targets[0].probes: no probes; add at least one of `icmp`, `tcp`, `udp`,"
+        " `dns`, such as `icmp: {}`",
         id="empty-probes",
     ),
     pytest.param(
@@ -743,6 +744,279 @@ BAD_CONFIGS = [
         "shard: {index: 0, total: 0}\n" + _target(),
         f"{H}:1:26: shard.total: 0 is out of range; use a whole number from 1 to 1000",
         id="shard-total-zero",
+    ),
+    # --- tcp probes: tls and steps (docs/probes.md) ---
+    pytest.param(
+        _target(probes="{tcp: {port: 443, tls: true}}"),
+        f"{H}:4:36: targets[0].probes.tcp.tls: expected a mapping of TLS settings, got a boolean"
+        " (true); write one such as `tls: {server_name: www.example.com}`, or `tls: {}`",
+        id="tls-not-mapping",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 443, tls: {verfy: false}}}"),
+        f"{H}:4:37: targets[0].probes.tcp.tls: unknown key 'verfy'; did you mean `verify`?",
+        id="unknown-tls-key",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 443, tls: {verify: 'no'}}}"),
+        f"{H}:4:45: targets[0].probes.tcp.tls.verify: expected a boolean, got a string ('no');"
+        " write true or false",
+        id="tls-verify-not-boolean",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 443, tls: {server_name: bad_name}}}"),
+        f"{H}:4:50: targets[0].probes.tcp.tls.server_name: 'bad_name' is not a valid host name:"
+        f" '_' is not allowed; {DNS_RULE}",
+        id="tls-server-name",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 443, tls: {ca_file: ca.pem}}}"),
+        f"{H}:4:46: targets[0].probes.tcp.tls.ca_file: 'ca.pem' is not an absolute path;"
+        " write the full path, such as /etc/hostwatch/ca.pem",
+        id="tls-relative-file",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 443, tls: {ca_file: /nonexistent/ca.pem}}}"),
+        f"{H}:4:46: targets[0].probes.tcp.tls.ca_file: cannot read '/nonexistent/ca.pem':"
+        " No such file or directory; check the path and that hostwatch may read it",
+        id="tls-missing-file",
+    ),
+    pytest.param(
+        _target(probes=f"{{tcp: {{port: 443, tls: {{verify: false, ca_file: {FULL_EXAMPLE}}}}}}}"),
+        f"{H}:4:61: targets[0].probes.tcp.tls.ca_file: ca_file is not used with `verify: false`;"
+        " remove it, or set `verify: true`",
+        id="tls-ca-file-without-verify",
+    ),
+    pytest.param(
+        _target(probes=f"{{tcp: {{port: 443, tls: {{key_file: {FULL_EXAMPLE}}}}}}}"),
+        f"{H}:4:47: targets[0].probes.tcp.tls.key_file: key_file needs cert_file; add the client"
+        " certificate as `cert_file:`",
+        id="tls-key-without-cert",
+    ),
+    pytest.param(
+        _target(probes=f"{{tcp: {{port: 443, tls: {{ca_file: {FULL_EXAMPLE}}}}}}}"),
+        f"{H}:4:36: targets[0].probes.tcp.tls: cannot use these TLS files: no certificate or crl"
+        " found; give PEM files: CA certificates, and a client certificate with its unencrypted"
+        " key",
+        id="tls-file-not-pem",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: {send: x}}}"),
+        f"{H}:4:36: targets[0].probes.tcp.steps: expected a list of steps, got a mapping;"
+        " write `- send: ...` and `- expect: ...` items",
+        id="steps-not-list",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: []}}"),
+        f"{H}:4:36: targets[0].probes.tcp.steps: no steps; give 1 to 16 steps,"
+        " write `- send: ...` and `- expect: ...` items",
+        id="steps-empty",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [" + ", ".join(["{send: x}"] * 17) + "]}}"),
+        f"{H}:4:36: targets[0].probes.tcp.steps: 17 steps are too many; give 1 to 16 steps,"
+        " write `- send: ...` and `- expect: ...` items",
+        id="steps-too-many",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{timeout: 1s}]}}"),
+        f"{H}:4:37: targets[0].probes.tcp.steps[0]: missing `send` or `expect`; add the bytes to"
+        " send as `send:` or a regular expression to wait for as `expect:`",
+        id="step-neither-send-nor-expect",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{send: x, expect: y}]}}"),
+        f"{H}:4:37: targets[0].probes.tcp.steps[0]: a step either sends or expects, not both;"
+        " make it two steps",
+        id="step-send-and-expect",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{send: x, wait: 1s}]}}"),
+        f"{H}:4:47: targets[0].probes.tcp.steps[0]: unknown key 'wait'; remove it or use one of"
+        " `send`, `expect`, `timeout`",
+        id="unknown-step-key",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{send: x, timeout: 1s}]}}"),
+        f"{H}:4:47: targets[0].probes.tcp.steps[0]: `timeout` belongs to `expect` steps; remove"
+        " it, a send does not wait",
+        id="step-send-with-timeout",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{send: 'a\\q'}]}}"),
+        f"{H}:4:44: targets[0].probes.tcp.steps[0].send: unknown escape `\\q`; use \\r, \\n,"
+        " \\t, \\0, \\\\ or \\xNN",
+        id="step-send-unknown-escape",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{send: ''}]}}"),
+        f"{H}:4:44: targets[0].probes.tcp.steps[0].send: nothing to send; write at least one byte",
+        id="step-send-empty",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{send: " + "x" * 1401 + "}]}}"),
+        f"{H}:4:44: targets[0].probes.tcp.steps[0].send: 1401 bytes are too many; send at most"
+        " 1400 bytes",
+        id="step-send-too-long",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{send: 12}]}}"),
+        f'{H}:4:44: targets[0].probes.tcp.steps[0].send: expected a string, got an integer (12);'
+        ' quote it: "12"',
+        id="step-send-not-string",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{expect: '(unclosed'}]}}"),
+        f"{H}:4:46: targets[0].probes.tcp.steps[0].expect: '(unclosed' is not a valid regular"
+        " expression: missing ), unterminated subpattern at position 0; fix it (Python `re`"
+        " syntax)",
+        id="step-expect-invalid-regex",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{expect: 'x*'}]}}"),
+        f"{H}:4:46: targets[0].probes.tcp.steps[0].expect: 'x*' matches no data at all, so the"
+        " step would pass at once; make it match at least one character",
+        id="step-expect-matches-nothing",
+    ),
+    pytest.param(
+        _target(probes="{tcp: {port: 1, steps: [{expect: x, timeout: 5ms}]}}"),
+        f"{H}:4:58: targets[0].probes.tcp.steps[0].timeout: 5ms is shorter than the minimum"
+        " 10ms; set timeout to at least 10ms",
+        id="step-expect-timeout-below",
+    ),
+    # --- udp probes ---
+    pytest.param(
+        _target(probes="{udp: {payload: x}}"),
+        f"{H}:4:19: targets[0].probes.udp: missing required key `port`; add the UDP port to send"
+        " to, such as `port: 7`",
+        id="udp-port-missing",
+    ),
+    pytest.param(
+        _target(probes="{udp: {port: 7}}"),
+        f"{H}:4:19: targets[0].probes.udp: missing required key `payload`; add the bytes to"
+        " send, such as `payload: 'ping\\n'`",
+        id="udp-payload-missing",
+    ),
+    pytest.param(
+        _target(probes="{udp: {port: 7, payload: " + "x" * 1401 + "}}"),
+        f"{H}:4:38: targets[0].probes.udp.payload: 1401 bytes are too many; send at most 1400"
+        " bytes",
+        id="udp-payload-too-long",
+    ),
+    pytest.param(
+        _target(probes="{udp: {port: 7, payload: x, expct: y}}"),
+        f"{H}:4:41: targets[0].probes.udp: unknown key 'expct'; did you mean `expect`?",
+        id="unknown-udp-key",
+    ),
+    pytest.param(
+        _target(probes="{udp: {port: 7, payload: x, expect: '[a-'}}"),
+        f"{H}:4:49: targets[0].probes.udp.expect: '[a-' is not a valid regular expression:"
+        " unterminated character set at position 0; fix it (Python `re` syntax)",
+        id="udp-expect-invalid-regex",
+    ),
+    # --- dns probes ---
+    pytest.param(
+        _target(probes="{dns: 53}"),
+        f"{H}:4:19: targets[0].probes.dns: expected a mapping, got an integer (53); write one"
+        " such as `dns: {query: {name: example.com, type: A}}`",
+        id="dns-not-mapping",
+    ),
+    pytest.param(
+        _target(probes="{dns: {port: 53}}"),
+        f"{H}:4:19: targets[0].probes.dns: missing required key `query`; add the question, such"
+        " as `query: {name: example.com, type: A}`",
+        id="dns-query-missing",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: x.lab}, rcode: NOERROR}}"),
+        f"{H}:4:42: targets[0].probes.dns: unknown key 'rcode'; remove it or use one of `port`,"
+        " `query`, `expect_rcode`, `answer_contains`, `answer_matches`",
+        id="unknown-dns-key",
+    ),
+    pytest.param(
+        _target(probes="{dns: {port: 0, query: {name: x.lab}}}"),
+        f"{H}:4:26: targets[0].probes.dns.port: 0 is out of range; use a whole number from 1 to"
+        " 65535",
+        id="dns-port-zero",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: example.com}}"),
+        f"{H}:4:27: targets[0].probes.dns.query: expected a mapping with `name` and `type`, got a"
+        " string ('example.com'); write one such as `query: {name: example.com, type: A}`",
+        id="dns-query-not-mapping",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: x.lab, class: IN}}}"),
+        f"{H}:4:41: targets[0].probes.dns.query: unknown key 'class'; remove it or use one of"
+        " `name`, `type`, `recursion_desired`",
+        id="unknown-dns-query-key",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {type: A}}}"),
+        f"{H}:4:27: targets[0].probes.dns.query: missing required key `name`; add the name to"
+        " ask for, such as `name: example.com`",
+        id="dns-name-missing",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: a..b}}}"),
+        f"{H}:4:34: targets[0].probes.dns.query.name: 'a..b' is not a valid DNS name (a DNS"
+        " label is empty); write one such as www.example.com",
+        id="dns-name-invalid",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: ''}}}"),
+        f"{H}:4:34: targets[0].probes.dns.query.name: the name is empty; write one such as"
+        " example.com, or `.` for the root",
+        id="dns-name-empty",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: 'a b'}}}"),
+        f"{H}:4:34: targets[0].probes.dns.query.name: 'a b' contains a space or control"
+        " character; remove it",
+        id="dns-name-space",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: x.lab, type: AAA}}}"),
+        f"{H}:4:47: targets[0].probes.dns.query.type: 'AAA' is not a DNS record type; did you"
+        " mean `AAAA`?",
+        id="dns-type-unknown",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: x.lab, type: AXFR}}}"),
+        f"{H}:4:47: targets[0].probes.dns.query.type: 'AXFR' cannot be asked in one UDP query;"
+        " use a record type such as `A`, `AAAA`, `CNAME`, `MX`, `NS`, `PTR`, `SOA`, `SRV`, `TXT`,"
+        " `CAA`",
+        id="dns-type-meta",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: x.lab, recursion_desired: 1}}}"),
+        f"{H}:4:60: targets[0].probes.dns.query.recursion_desired: expected a boolean, got an"
+        " integer (1); write true or false",
+        id="dns-recursion-not-boolean",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: x.lab}, expect_rcode: NOERR}}"),
+        f"{H}:4:56: targets[0].probes.dns.expect_rcode: 'NOERR' is not a DNS rcode; use one such"
+        " as NOERROR, NXDOMAIN, SERVFAIL or REFUSED",
+        id="dns-rcode-unknown",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: x.lab}, expect_rcode: []}}"),
+        f"{H}:4:56: targets[0].probes.dns.expect_rcode: no rcodes; list 1 to 8, such as"
+        " [NOERROR, NXDOMAIN]",
+        id="dns-rcodes-empty",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: x.lab}, answer_contains: 5}}"),
+        f'{H}:4:59: targets[0].probes.dns.answer_contains: expected a string, got an integer (5);'
+        ' quote it: "5"',
+        id="dns-answer-contains-not-string",
+    ),
+    pytest.param(
+        _target(probes="{dns: {query: {name: x.lab}, answer_matches: '*'}}"),
+        f"{H}:4:58: targets[0].probes.dns.answer_matches: '*' is not a valid regular expression:"
+        " nothing to repeat at position 0; fix it (Python `re` syntax)",
+        id="dns-answer-matches-invalid-regex",
     ),
 ]
 

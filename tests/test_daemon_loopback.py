@@ -94,6 +94,8 @@ class TestLoopbackDaemon:
             scrape = daemon.wait_for(_all_settled, what="all targets settled")
         assert 1.0 == scrape.value("hostwatch_build_info")
         assert 4.0 == scrape.value("hostwatch_targets", probe="icmp", state="up")
+        for state in ("unknown", "degraded", "down", "flapping"):  # zeros are written too
+            assert 0.0 == scrape.value("hostwatch_targets", probe="icmp", state=state)
         assert scrape.value("hostwatch_scheduler_runs_total") > 0
         assert scrape.value("hostwatch_scheduler_lag_seconds_count") > 0
         assert 1.0 == scrape.value("hostwatch_config_last_reload_successful")

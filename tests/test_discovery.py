@@ -40,11 +40,12 @@ class TestParse:
         text = json.dumps([
             {"targets": ["127.0.0.5", "127.0.0.6:8080"],
              "labels": {"role": "db", "__meta_source": "x"}},
-            {"targets": ["[::1]:443"]},
+            {"targets": ["[::1]:443", "::1"]},
         ])
         targets = parse_target_file(text, "sd/a.json", _group(tmp_path), {})
-        assert ["127.0.0.5", "127.0.0.6:8080", "[::1]:443"] == [t.name for t in targets]
-        assert ["127.0.0.5", "127.0.0.6", "::1"] == [t.host for t in targets]
+        assert ["127.0.0.5", "127.0.0.6:8080", "[::1]:443", "::1"] == [t.name for t in targets]
+        assert ["127.0.0.5", "127.0.0.6", "::1", "::1"] == [t.host for t in targets]
+        assert (ProbeSpec(ProbeKind.ICMP), ProbeSpec(ProbeKind.TCP, 22)) == targets[3].probes
         assert (ProbeSpec(ProbeKind.ICMP), ProbeSpec(ProbeKind.TCP, 8080)) == targets[1].probes
         assert (ProbeSpec(ProbeKind.ICMP), ProbeSpec(ProbeKind.TCP, 22)) == targets[0].probes
         assert (("role", "db"), ("site", "lab"), ("source", "file_sd")) == targets[0].labels

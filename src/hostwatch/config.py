@@ -12,25 +12,42 @@ cannot garble a terminal or the journal.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import difflib
 import enum
+import gc
 import ipaddress
 import math
 import os
+import pickle
 import re
+import signal
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias, TypeGuard, TypeVar
 
+import dns.exception
+import dns.name
+import dns.rcode
+import dns.rdatatype
 import yaml
+import yaml.composer
 from yaml.reader import ReaderError
+
+try:
+    from yaml._yaml import CParser
+except ImportError:  # PyYAML built without libyaml: the pure-Python parser alone
+    _LIBYAML = False
+else:
+    _LIBYAML = True
 
 from hostwatch.model import (
     DEFAULTS,
     Config,
+    DnsOptions,
     IcmpMode,
     IcmpSettings,
     IpProtocol,
@@ -39,9 +56,14 @@ from hostwatch.model import (
     ProbeSpec,
     Shard,
     SourceLocation,
+    Step,
     TargetConfig,
     TargetFiles,
+    TlsOptions,
+    UdpOptions,
 )
+from hostwatch.probes.tcp_steps import MAX_SEND, decode_escapes
+from hostwatch.probes.tls import check_files, classify_tls_error
 
 __all__ = [
     "DEFAULT_CONFIG_YAML",
@@ -79,6 +101,7 @@ targets:
 """
 
 _MAX_FILE_BYTES: Final = 16 * 1024 * 1024
+_PARSE_IN_CHILD_CHARS: Final = 256 * 1024  # ~4,000 targets; smaller files are parsed in place
 _MAX_DEPTH: Final = 64  # our schema nests 5 levels; deeper YAML is a mistake or an attack
 _SHOW_MAX: Final = 60
 _NAME_MAX: Final = 128
@@ -103,7 +126,8 @@ _PLAIN_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _RESERVED_LABELS: Final = frozenset(
     ("target", "ip", "probe", "state", "reason", "le", "quantile", "stat", "instance", "job",
-     "ip_protocol", "window")
+     "ip_protocol", "window", "phase", "version", "subject", "issuer", "serial_number",
+     "fingerprint_sha256")
 )
 
 _DURATION_RE: Final = re.compile(
@@ -192,17 +216,89 @@ class ConfigError(Exception):
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the YAML file at `path`; raise `ConfigError` naming every problem."""
     source = os.fspath(path)
-    return parse_config(_decode(source, _read_file(source)), source)
+    text = _decode(source, _read_file(source))
+    if len(text) >= _PARSE_IN_CHILD_CHARS and hasattr(os, "fork"):
+        return _parse_in_child(text, source)
+    return parse_config(text, source)
+
+
+def _parse_in_child(text: str, source: str) -> Config:
+    """`parse_config` in a forked child, the result pickled back. Parsing 10,000 targets makes
+    ~60 MB of short-lived objects (the YAML and located trees); Python keeps most freed memory
+    in the process, so the daemon would keep that peak for good. The child does instead; the
+    parent only unpickles the Config (~0.1 s). Same Config, same ConfigError; if the child
+    fails for any other reason, the parse runs here."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: parse, write, exit; never back into the caller's code
+        code = 70
+        try:
+            os.close(read_fd)
+            signal.set_wakeup_fd(-1)  # signals are the parent's business
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            try:
+                result: Config | ConfigError = parse_config(text, source)
+            except ConfigError as err:
+                result = err
+            with os.fdopen(write_fd, "wb") as out:
+                pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not data:
+        return parse_config(text, source)
+    loaded: Config | ConfigError = pickle.loads(data)  # noqa: S301  # our own child's pickle
+    if isinstance(loaded, ConfigError):
+        raise loaded
+    return loaded
 
 
 def parse_config(text: str, source: str) -> Config:
-    """Validate YAML `text`; `source` names it in messages and becomes `Config.source`."""
-    context = _Context(source)
-    root = _compose(context, text)
-    config = _build_config(context, root)
+    """Validate YAML `text`; `source` names it in messages and becomes `Config.source`.
+
+    libyaml parses first; a text it rejects, one with problems, and one with a tab (where
+    libyaml accepts more than PyYAML) are parsed again by PyYAML alone, so that what is
+    accepted and every message and location are exactly PyYAML's.
+    """
+    if _FAST_LOADER is not _Loader and "\t" not in text:
+        try:
+            config, context = _parse(text, source, _FAST_LOADER)
+        except yaml.YAMLError:
+            config = None
+        else:
+            if config is not None and not context.problems:
+                return config
+    config, context = _parse(text, source, _Loader)
     if config is None or context.problems:
         raise ConfigError(sorted(context.problems, key=_position))
     return config
+
+
+def _parse(text: str, source: str, loader: type[_Loader]) -> tuple[Config | None, _Context]:
+    context = _Context(source)
+    with _gc_paused():
+        root = _compose(context, text, loader)
+        config = _build_config(context, root)
+    return config, context
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC while a config is built: it creates ~100 objects per target and keeps
+    them, so the collector would scan them again and again (half the time of 10,000 targets)
+    for no garbage."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def default_config(listen_host: str, listen_port: int) -> Config:
@@ -427,17 +523,47 @@ class _Loader(yaml.SafeLoader):
         return node
 
 
-def _compose(context: _Context, text: str) -> _Node | None:
-    """The located tree of `text`, or None for an empty file; ConfigError on invalid YAML."""
+_FAST_LOADER: type[_Loader] = _Loader
+if _LIBYAML:
+
+    class _FastLoader(CParser, _Loader):
+        """_Loader with libyaml's scanner and parser (6 times faster) but PyYAML's composer, so
+        that aliases, anchors and depth still go through `_Loader.compose_node`: the C
+        composer, which recursed to a segfault at 100,000 nesting levels, is never used.
+        PyYAML's reader still checks the characters, and a YAML error is reported by the
+        pure-Python loader (see `_compose`): every message and location stays PyYAML's."""
+
+        get_single_node = yaml.composer.Composer.get_single_node
+        get_node = yaml.composer.Composer.get_node
+        check_node = yaml.composer.Composer.check_node
+        dispose = _Loader.dispose
+
+        def __init__(self, text: str) -> None:
+            _Loader.__init__(self, text)
+            CParser.__init__(self, text)
+
+    _FAST_LOADER = _FastLoader
+
+
+def _compose(context: _Context, text: str,
+             loader_class: type[_Loader] = _Loader) -> _Node | None:
+    """The located tree of `text`, or None for an empty file; ConfigError on invalid YAML
+    (the fast loader lets the YAMLError through: `parse_config` asks PyYAML again)."""
     try:
-        loader = _Loader(text)
-        try:
-            root = loader.get_single_node()
-        finally:
-            loader.dispose()
+        loader, root = _compose_with(loader_class, text)
     except yaml.YAMLError as err:
+        if loader_class is not _Loader:
+            raise
         raise ConfigError([_yaml_problem(context, text, err)]) from None
     return None if root is None else _Converter(context, loader).node(root, "")
+
+
+def _compose_with(loader_class: type[_Loader], text: str) -> tuple[_Loader, yaml.Node | None]:
+    loader = loader_class(text)
+    try:
+        return loader, loader.get_single_node()
+    finally:
+        loader.dispose()
 
 
 def _yaml_problem(context: _Context, text: str, err: yaml.YAMLError) -> Problem:
@@ -1255,27 +1381,380 @@ def _read_probes(section: _Section) -> tuple[ProbeSpec, ...] | None:
         section.context.add(probes.map.at, probes.path, f"no probes; {todo}")
         return None
     kinds = [kind for kind in ProbeKind if kind.value in probes.map.fields]
-    specs = [_read_probe(probes, kind) for kind in kinds]
+    host = _host_name(section)
+    specs = [_read_probe(probes, kind, host) for kind in kinds]
     if not specs or None in specs:
         return None
     return tuple(spec for spec in specs if spec is not None)
 
 
-def _read_probe(probes: _Section, kind: ProbeKind) -> ProbeSpec | None:
+def _host_name(section: _Section) -> str | None:
+    """The target's host if it is a valid DNS name (the default TLS server name), else None."""
+    node = section.get("host")
+    if not isinstance(node, _Leaf) or not isinstance(node.value, str):
+        return None
+    try:
+        host = _normalise_host(node.value)
+    except ValueError:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
+
+
+def _read_probe(probes: _Section, kind: ProbeKind, host: str | None) -> ProbeSpec | None:
     if kind is ProbeKind.ICMP:
         return _read_icmp_probe(probes)
-    return _read_tcp_probe(probes)
+    if kind is ProbeKind.UDP:
+        return _read_udp_probe(probes)
+    if kind is ProbeKind.DNS:
+        return _read_dns_probe(probes)
+    return _read_tcp_probe(probes, host)
 
 
-def _read_tcp_probe(probes: _Section) -> ProbeSpec | None:
+# --- options of tcp, udp and dns probes (docs/probes.md) -------------------------------------
+
+_TCP_KEYS: Final = ("port", "tls", "steps")
+_TLS_KEYS: Final = ("server_name", "verify", "ca_file", "cert_file", "key_file")
+_STEP_KEYS: Final = ("send", "expect", "timeout")
+_UDP_KEYS: Final = ("port", "payload", "expect")
+_DNS_KEYS: Final = ("port", "query", "expect_rcode", "answer_contains", "answer_matches")
+_QUERY_KEYS: Final = ("name", "type", "recursion_desired")
+_STEPS_MAX: Final = 16
+_RCODES_MAX: Final = 8
+_STEP_TIMEOUT: Final = _Range(0.01, 60.0)
+_BYTES_TODO: Final = "write the bytes as a string; escapes \\r, \\n, \\t, \\0, \\\\, \\xNN"
+_REGEX_TODO: Final = "write a regular expression as a string, in single quotes"
+
+
+def _read_tcp_probe(probes: _Section, host: str | None) -> ProbeSpec | None:
     section = probes.section("tcp", "a mapping", "write one such as `tcp: {port: 22}`")
     if section is None:
         return None
-    section.allow(("port",))
-    if section.require("port", "add the TCP port to connect to, such as `port: 22`") is None:
+    before = len(section.context.problems)
+    section.allow(_TCP_KEYS)
+    port = _probe_port(section, "add the TCP port to connect to, such as `port: 22`")
+    tls = _read_tls(section, host)
+    steps = _read_steps(section)
+    if port is None or len(section.context.problems) > before:
         return None
-    port = section.integer("port", _PORT)
-    return None if port is None else ProbeSpec(ProbeKind.TCP, port)
+    return ProbeSpec(ProbeKind.TCP, port, tls=tls, steps=steps)
+
+
+def _probe_port(section: _Section, todo: str, default: int | None = None) -> int | None:
+    if default is None and section.require("port", todo) is None:
+        return None
+    return default if section.get("port") is None else section.integer("port", _PORT)
+
+
+def _read_tls(section: _Section, host: str | None) -> TlsOptions | None:
+    todo = "write one such as `tls: {server_name: www.example.com}`, or `tls: {}`"
+    tls = section.section("tls", "a mapping of TLS settings", todo)
+    if tls is None:
+        return None
+    before = len(tls.context.problems)
+    tls.allow(_TLS_KEYS)
+    options = TlsOptions(
+        server_name=_server_name(tls, host),
+        verify=_flag(tls, "verify", default=True) is not False,
+        ca_file=_readable_file(tls, "ca_file"),
+        cert_file=_readable_file(tls, "cert_file"),
+        key_file=_readable_file(tls, "key_file"),
+    )
+    ca_at, key_at = tls.at("ca_file"), tls.at("key_file")
+    if _flag(tls, "verify", default=True, report=False) is False and ca_at is not None:
+        tls.context.add(ca_at, tls.sub("ca_file"), "ca_file is not used with `verify: false`;"
+                        " remove it, or set `verify: true`")
+    if key_at is not None and tls.get("cert_file") is None:
+        tls.context.add(key_at, tls.sub("key_file"), "key_file needs cert_file; add the client"
+                        " certificate as `cert_file:`")
+    if len(tls.context.problems) == before:
+        try:
+            check_files(options)
+        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+            why = classify_tls_error(err)[1]
+            tls.context.add(tls.map.at, tls.path, f"cannot use these TLS files: {why}; give PEM "
+                            "files: CA certificates, and a client certificate with its "
+                            "unencrypted key")
+    return options
+
+
+def _server_name(tls: _Section, host: str | None) -> str | None:
+    node = tls.get("server_name")
+    if node is None:
+        return host
+    text = _string(tls.context, node, tls.sub("server_name"), "write a DNS name")
+    if text is None:
+        return None
+    try:
+        return _normalise_host(text)
+    except ValueError as err:
+        tls.context.add(node.at, tls.sub("server_name"), str(err))
+        return None
+
+
+def _flag(section: _Section, key: str, *, default: bool, report: bool = True) -> bool | None:
+    """A boolean at `key`, `default` if absent, None (recorded if `report`) if not a boolean."""
+    node = section.get(key)
+    if node is None:
+        return default
+    if isinstance(node, _Leaf) and isinstance(node.value, bool):
+        return node.value
+    if report:
+        _wrong_type(section.context, node, section.sub(key), "a boolean", "write true or false")
+    return None
+
+
+def _readable_file(section: _Section, key: str) -> str | None:
+    node = section.get(key)
+    if node is None:
+        return None
+    path = section.sub(key)
+    text = _string(section.context, node, path, "write the path of a PEM file")
+    if text is None:
+        return None
+    if not os.path.isabs(text):
+        section.context.add(node.at, path, f"{_show(text)} is not an absolute path; write the "
+                            "full path, such as /etc/hostwatch/ca.pem")
+        return None
+    try:
+        with open(text, "rb"):
+            pass
+    except OSError as err:
+        section.context.add(node.at, path, f"cannot read {_show(text)}: {err.strerror or err};"
+                            " check the path and that hostwatch may read it")
+        return None
+    return text
+
+
+def _read_steps(section: _Section) -> tuple[Step, ...]:
+    node, path = section.get("steps"), section.sub("steps")
+    if node is None:
+        return ()
+    todo = "write `- send: ...` and `- expect: ...` items"
+    if not isinstance(node, _Seq):
+        _wrong_type(section.context, node, path, "a list of steps", todo)
+        return ()
+    if not 1 <= len(node.items) <= _STEPS_MAX:
+        count = f"{len(node.items)} steps are too many" if node.items else "no steps"
+        section.context.add(node.at, path, f"{count}; give 1 to {_STEPS_MAX} steps, {todo}")
+        return ()
+    steps = [_read_step(section.context, item, f"{path}[{i}]") for i, item in enumerate(node.items)]
+    return tuple(step for step in steps if step is not None)
+
+
+def _read_step(context: _Context, node: _Node, path: str) -> Step | None:
+    todo = "write `- send: 'PING\\r\\n'` or `- expect: '^\\+PONG'`"
+    section = _open(context, node, path, "a mapping with `send` or `expect`", todo)
+    if section is None:
+        return None
+    section.allow(_STEP_KEYS)
+    fields = section.map.fields
+    if "send" in fields and "expect" in fields:
+        context.add(section.map.at, path, "a step either sends or expects, not both; make it two"
+                    " steps")
+        return None
+    if "send" not in fields and "expect" not in fields:
+        context.add(section.map.at, path, "missing `send` or `expect`; add the bytes to send as"
+                    " `send:` or a regular expression to wait for as `expect:`")
+        return None
+    timeout = section.duration("timeout", _STEP_TIMEOUT)
+    if "send" in fields:
+        if "timeout" in fields:
+            context.add(fields["timeout"].key_at, path, "`timeout` belongs to `expect` steps;"
+                        " remove it, a send does not wait")
+        return Step(send=_bytes(section, "send", allow_empty=False))
+    expect = _regex(section, "expect")
+    if expect is not None and expect.search(b"") is not None:
+        context.add(section.at("expect"), section.sub("expect"), f"{_show(expect.pattern.decode())}"
+                    " matches no data at all, so the step would pass at once; make it match at"
+                    " least one character")
+    return Step(expect=expect, timeout=timeout)
+
+
+def _bytes(section: _Section, key: str, *, allow_empty: bool) -> bytes | None:
+    node, path = section.get(key), section.sub(key)
+    if node is None:
+        return None
+    text = _string(section.context, node, path, _BYTES_TODO)
+    if text is None:
+        return None
+    try:
+        data = decode_escapes(text)
+    except ValueError as err:
+        section.context.add(node.at, path, str(err))
+        return None
+    if not data and not allow_empty:
+        section.context.add(node.at, path, "nothing to send; write at least one byte")
+        return None
+    if len(data) > MAX_SEND:
+        section.context.add(node.at, path, f"{len(data)} bytes are too many; send at most"
+                            f" {MAX_SEND} bytes")
+        return None
+    return data
+
+
+def _regex(section: _Section, key: str) -> re.Pattern[bytes] | None:
+    """The regular expression at `key`, over bytes (what a peer sends), `^`/`$` at lines."""
+    source = _regex_source(section, key)
+    try:
+        return None if source is None else re.compile(source.encode(), re.MULTILINE)
+    except re.error as err:
+        _bad_regex(section, key, source or "", err)
+        return None
+
+
+def _text_regex(section: _Section, key: str) -> re.Pattern[str] | None:
+    """The regular expression at `key`, over text (DNS records)."""
+    source = _regex_source(section, key)
+    try:
+        return None if source is None else re.compile(source)
+    except re.error as err:
+        _bad_regex(section, key, source or "", err)
+        return None
+
+
+def _regex_source(section: _Section, key: str) -> str | None:
+    node = section.get(key)
+    return None if node is None else _string(section.context, node, section.sub(key),
+                                             _REGEX_TODO)
+
+
+def _bad_regex(section: _Section, key: str, source: str, err: re.error) -> None:
+    section.context.add(section.at(key), section.sub(key), f"{_show(source)} is not a valid"
+                        f" regular expression: {err.msg} at position {err.pos}; fix it (Python"
+                        " `re` syntax)")
+
+
+def _read_udp_probe(probes: _Section) -> ProbeSpec | None:
+    todo = "write one such as `udp: {port: 7, payload: 'ping'}`"
+    section = probes.section("udp", "a mapping", todo)
+    if section is None:
+        return None
+    before = len(section.context.problems)
+    section.allow(_UDP_KEYS)
+    port = _probe_port(section, "add the UDP port to send to, such as `port: 7`")
+    section.require("payload", "add the bytes to send, such as `payload: 'ping\\n'`")
+    payload = _bytes(section, "payload", allow_empty=True)
+    expect = _regex(section, "expect")
+    if port is None or payload is None or len(section.context.problems) > before:
+        return None
+    return ProbeSpec(ProbeKind.UDP, port, udp=UdpOptions(payload, expect))
+
+
+def _read_dns_probe(probes: _Section) -> ProbeSpec | None:
+    todo = "write one such as `dns: {query: {name: example.com, type: A}}`"
+    section = probes.section("dns", "a mapping", todo)
+    if section is None:
+        return None
+    before = len(section.context.problems)
+    section.allow(_DNS_KEYS)
+    port = _probe_port(section, "", default=DEFAULTS.dns_probe_port)
+    query = _read_query(section)
+    rcodes = _read_rcodes(section)
+    contains_node = section.get("answer_contains")
+    contains = None if contains_node is None else _string(
+        section.context, contains_node, section.sub("answer_contains"),
+        "write a record's data as a string, such as \"198.18.0.5\"")
+    matches = _text_regex(section, "answer_matches")
+    if port is None or query is None or len(section.context.problems) > before:
+        return None
+    name, rdtype, recursion = query
+    return ProbeSpec(ProbeKind.DNS, port, dns=DnsOptions(name, rdtype, recursion, rcodes,
+                                                         contains, matches))
+
+
+def _read_query(section: _Section) -> tuple[str, str, bool] | None:
+    todo = "add the question, such as `query: {name: example.com, type: A}`"
+    node = section.require("query", todo)
+    if node is None:
+        return None
+    query = _open(section.context, node, section.sub("query"), "a mapping with `name` and"
+                  " `type`", "write one such as `query: {name: example.com, type: A}`")
+    if query is None:
+        return None
+    query.allow(_QUERY_KEYS)
+    name = _query_name(query)
+    rdtype = _query_type(query)
+    recursion = _flag(query, "recursion_desired", default=True)
+    if name is None or rdtype is None or recursion is None:
+        return None
+    return name, rdtype, recursion
+
+
+def _query_name(query: _Section) -> str | None:
+    node = query.require("name", "add the name to ask for, such as `name: example.com`")
+    text = None if node is None else _string(query.context, node, query.sub("name"),
+                                             "write a DNS name")
+    if node is None or text is None:
+        return None
+    problem = ""
+    if not text:
+        problem = "the name is empty; write one such as example.com, or `.` for the root"
+    elif any(char.isspace() or not char.isprintable() for char in text):
+        problem = f"{_show(text)} contains a space or control character; remove it"
+    else:
+        try:
+            dns.name.from_text(text)
+        except (dns.exception.DNSException, ValueError) as err:
+            why = str(err).rstrip(".")
+            problem = (f"{_show(text)} is not a valid DNS name ({why[:1].lower() + why[1:]});"
+                       " write one such as www.example.com")
+    if problem:
+        query.context.add(node.at, query.sub("name"), problem)
+        return None
+    return text
+
+
+_COMMON_TYPES: Final = ("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "CAA")
+
+
+def _query_type(query: _Section) -> str | None:
+    node = query.get("type")
+    if node is None:
+        return "A"
+    text = _string(query.context, node, query.sub("type"), "write a record type such as A")
+    if text is None:
+        return None
+    try:
+        rdtype = dns.rdatatype.from_text(text.upper())
+    except (dns.exception.DNSException, ValueError):
+        guess = _guess(text.upper(), _COMMON_TYPES)
+        todo = f"did you mean `{guess}`?" if guess else f"use one such as {_choices(_COMMON_TYPES)}"
+        query.context.add(node.at, query.sub("type"), f"{_show(text)} is not a DNS record type;"
+                          f" {todo}")
+        return None
+    if dns.rdatatype.is_metatype(rdtype) and rdtype != dns.rdatatype.ANY:
+        query.context.add(node.at, query.sub("type"), f"{_show(text)} cannot be asked in one UDP"
+                          f" query; use a record type such as {_choices(_COMMON_TYPES)}")
+        return None
+    return dns.rdatatype.to_text(rdtype)
+
+
+def _read_rcodes(section: _Section) -> tuple[str, ...]:
+    node, path = section.get("expect_rcode"), section.sub("expect_rcode")
+    if node is None:
+        return ("NOERROR",)
+    items = [(node, path)]
+    if isinstance(node, _Seq):
+        if not 1 <= len(node.items) <= _RCODES_MAX:
+            count = f"{len(node.items)} rcodes are too many" if node.items else "no rcodes"
+            section.context.add(node.at, path, f"{count}; list 1 to {_RCODES_MAX}, such as"
+                                " [NOERROR, NXDOMAIN]")
+            return ()
+        items = [(item, f"{path}[{i}]") for i, item in enumerate(node.items)]
+    out = []
+    for item, where in items:
+        text = _string(section.context, item, where, "write an rcode such as NOERROR")
+        try:
+            out.append(dns.rcode.to_text(dns.rcode.from_text((text or "").upper())))
+        except (dns.exception.DNSException, ValueError):
+            if text is not None:
+                section.context.add(item.at, where, f"{_show(text)} is not a DNS rcode; use one"
+                                    " such as NOERROR, NXDOMAIN, SERVFAIL or REFUSED")
+    return tuple(dict.fromkeys(out))
 
 
 def _read_icmp_probe(probes: _Section) -> ProbeSpec | None:
@@ -1541,7 +2020,8 @@ def _sd_target(context: _Context, node: _Node, path: str, group: TargetFiles, *,
         return None
     host, port = _split_host_port(text)
     try:
-        if not text.startswith("["):  # `[::1]:443`: the IPv6 host and the port are checked
+        # `[::1]:443` and a bare `::1`: the IPv6 host (and the port) are checked instead
+        if not text.startswith("[") and not _is_ip_literal(text):
             _check_name(text)
         host = _normalise_host(host)
     except ValueError as err:
@@ -1556,6 +2036,14 @@ def _sd_target(context: _Context, node: _Node, path: str, group: TargetFiles, *,
                    for p in group.template.probes)
     return dataclasses.replace(group.template, name=text, host=host, probes=probes,
                                labels=labels, source=node.at)
+
+
+def _is_ip_literal(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _split_host_port(text: str) -> tuple[str, int | None]:

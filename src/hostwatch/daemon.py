@@ -27,13 +27,14 @@ from hostwatch.metrics import DaemonView, ReloadStatus, new_registry
 from hostwatch.model import DEFAULTS, Config, ProbeKind
 from hostwatch.probes.base import Prober
 from hostwatch.probes.icmp import IcmpPermissionError, IcmpProber
-from hostwatch.probes.tcp import TcpProber
+from hostwatch.probes.registry import new_probers
 from hostwatch.resolve import Resolution, Resolver
 from hostwatch.scheduler import SlotScheduler
 from hostwatch.state import Health, Transition
 from hostwatch.status_page import render_status_page
 from hostwatch.watch import Runner, Watch, Watches
 from hostwatch.web import ListenAddress, WebServer
+from hostwatch.webconfig import load_web_config
 
 __all__ = ["EXIT_FATAL", "Daemon", "Options", "run"]
 
@@ -49,6 +50,7 @@ class Options:
     listen: ListenAddress
     log_level: str = "info"
     log_target: str = "auto"  # auto | journal | stderr
+    web_config_file: str | None = None  # exporter-toolkit format: TLS and basic auth
 
 
 class FatalError(Exception):
@@ -82,7 +84,7 @@ class Daemon:
         self.config: Config | None = None
         self.watches = Watches([])
         self.reload_status = ReloadStatus()
-        self.probers: dict[ProbeKind, Prober] = {ProbeKind.TCP: TcpProber()}
+        self.probers: dict[ProbeKind, Prober] = new_probers()  # tcp, udp, dns; icmp on demand
         self.resolver = Resolver(DEFAULTS.dns_refresh, self._on_address_change)
         self.runner = Runner(self.probers, self.resolver, self._on_transition)
         self.scheduler = SlotScheduler(self.runner.fire, on_error=self._on_job_error)
@@ -132,8 +134,10 @@ class Daemon:
     def loop_exception_handler(self, loop: asyncio.AbstractEventLoop,
                                context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if exc is None:
-            log.warning("event loop: %s", context.get("message"))
+        if exc is None or isinstance(exc, OSError):
+            # A transport error a client or the network caused (a failed TLS handshake, a
+            # reset connection) is never fatal; everything else escaping a callback is.
+            log.warning("event loop: %s: %s", context.get("message"), exc)
             return
         self.die(exc)
 
@@ -223,6 +227,8 @@ class Daemon:
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Listen, load the first config, start probing; raises on any startup failure."""
+        if self.options.web_config_file is not None:
+            self.web.secure(load_web_config(self.options.web_config_file))
         activated = activated_socket()  # socket activation (hostwatch.socket), if any
         if activated is None:
             addresses = await self.web.start(self.options.listen)

@@ -33,9 +33,11 @@ def activated_socket() -> socket.socket | None:
 
     Exactly one listening stream socket is accepted (one `ListenStream=` in hostwatch.socket;
     `[::]:10115` with the default BindIPv6Only=both serves IPv4 too). systemd-python's
-    `listen_fds` checks LISTEN_PID and clears the variables, so children never inherit them.
+    `listen_fds` checks LISTEN_PID; the variables are then cleared, so no child inherits them.
     """
     fds: list[int] = sd_daemon.listen_fds()
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # sd_listen_fds unsets them in C only, not in os.environ
     if not fds:
         return None
     if len(fds) != 1 or not sd_daemon.is_socket(fds[0], socket.AF_UNSPEC, socket.SOCK_STREAM, 1):

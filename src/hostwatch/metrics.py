@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from hostwatch import __version__
 from hostwatch.journal import SinkStats
 from hostwatch.model import IpProtocol
+from hostwatch.probes.base import ProbeResult
 from hostwatch.scheduler import LAG_BUCKETS, SchedulerStats
 from hostwatch.state import Health
 from hostwatch.watch import Watch
@@ -64,6 +65,46 @@ def _watch_labels(watch: Watch) -> dict[str, str]:
     return labels
 
 
+class _ProbeDetails:
+    """Families from the last result of tcp probes with TLS or steps (docs/probes.md): phase
+    timings, TLS version, certificate expiry and leaf certificate, as blackbox_exporter's
+    probe_ssl_earliest_cert_expiry, probe_tls_version_info and probe_ssl_last_chain_info."""
+
+    def __init__(self) -> None:
+        m = Metric
+        self.phase = m(P + "probe_phase_seconds",
+                       "Duration of each phase of the last probe (resolve, connect, tls, "
+                       "first_byte).", "gauge")
+        self.tls_version = m(P + "probe_tls_version_info",
+                             "TLS version of the last handshake; the value is always 1.",
+                             "gauge")
+        self.expiry = m(P + "probe_ssl_earliest_cert_expiry_timestamp_seconds",
+                        "Unix time the peer's certificate expires (the leaf's notAfter), "
+                        "at the last handshake.", "gauge")
+        self.chain = m(P + "probe_ssl_last_chain_info",
+                       "The peer's leaf certificate at the last handshake; always 1.", "gauge")
+
+    def add(self, labels: dict[str, str], last: ProbeResult | None) -> None:
+        if last is None:
+            return
+        for phase, seconds in last.phases:
+            self.phase.add_sample(P + "probe_phase_seconds", {**labels, "phase": phase}, seconds)
+        tls = last.tls
+        if tls is None:
+            return
+        self.tls_version.add_sample(P + "probe_tls_version_info",
+                                    {**labels, "version": tls.version}, 1.0)
+        if tls.not_after is not None:
+            self.expiry.add_sample(P + "probe_ssl_earliest_cert_expiry_timestamp_seconds",
+                                   labels, tls.not_after)
+        self.chain.add_sample(P + "probe_ssl_last_chain_info", {
+            **labels, "subject": tls.subject, "issuer": tls.issuer,
+            "serial_number": tls.serial, "fingerprint_sha256": tls.fingerprint_sha256}, 1.0)
+
+    def all(self) -> list[Metric]:
+        return [self.phase, self.tls_version, self.expiry, self.chain]
+
+
 class _Families:
     """The per-target metric families of one scrape, filled watch by watch."""
 
@@ -94,6 +135,7 @@ class _Families:
         self.flap_changes = m(P + "probe_flap_changes",
                               "Underlying state changes within the flap window "
                               "(FLAPPING at flap_start).", "gauge")
+        self.details = _ProbeDetails()
 
     def add(self, watch: Watch) -> None:
         labels = _watch_labels(watch)
@@ -103,6 +145,7 @@ class _Families:
             self.success.add_sample(P + "probe_success", labels, 1.0 if last.ok else 0.0)
             if last.ok and last.rtt is not None:
                 self.last_rtt.add_sample(P + "probe_last_rtt_seconds", labels, last.rtt)
+        self.details.add(labels, last)
         for health in Health:
             self.state.add_sample(P + "probe_state", {**labels, "state": health.value},
                                   1.0 if st.health is health else 0.0)
@@ -151,7 +194,7 @@ class _Families:
     def all(self) -> list[Metric]:
         return [self.success, self.state, self.rtt, self.last_rtt, self.sent, self.received,
                 self.failures, self.transitions, self.last_change, self.loss, self.window,
-                self.window_size, self.maintenance, self.flap_changes]
+                self.window_size, self.maintenance, self.flap_changes, *self.details.all()]
 
 
 class HostwatchCollector(Collector):
@@ -159,6 +202,15 @@ class HostwatchCollector(Collector):
 
     def __init__(self, view: DaemonView) -> None:
         self._view = view
+
+    @property
+    def view(self) -> DaemonView:
+        return self._view
+
+    def daemon_families(self, counts: dict[tuple[str, str], int]) -> Iterator[Metric]:
+        """The daemon-wide families; `counts` is watches by (probe, state). For exposition.py,
+        which writes the per-target families itself (and must match `collect`)."""
+        return self._daemon(counts)
 
     def collect(self) -> Iterator[Metric]:
         families = _Families(time.time())
@@ -176,8 +228,12 @@ class HostwatchCollector(Collector):
                       {"version": __version__, "python_version": platform.python_version()}, 1)
         targets = Metric(P + "targets", "Watches (target and probe pairs) by probe and state.",
                          "gauge")
-        for (probe, state), count in sorted(counts.items()):
-            targets.add_sample(P + "targets", {"probe": probe, "state": state}, float(count))
+        # Every state of every probe kind in use, zeros included: `== 0` and `> 0` both work
+        # in queries, and a series does not vanish when its last watch leaves the state.
+        for probe in sorted({probe for probe, _state in counts}):
+            for state in Health:
+                targets.add_sample(P + "targets", {"probe": probe, "state": state.value},
+                                   float(counts.get((probe, state.value), 0)))
         yield targets
         yield from self._scheduler()
         in_flight = Metric(P + "probes_in_flight", "Probes started and not yet finished.",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULTS",
     "Config",
     "Defaults",
+    "DnsOptions",
     "IcmpMode",
     "IcmpSettings",
     "IpProtocol",
@@ -22,8 +24,11 @@ __all__ = [
     "ProbeSpec",
     "Shard",
     "SourceLocation",
+    "Step",
     "TargetConfig",
     "TargetFiles",
+    "TlsOptions",
+    "UdpOptions",
 ]
 
 
@@ -32,6 +37,8 @@ class ProbeKind(enum.StrEnum):
 
     ICMP = "icmp"
     TCP = "tcp"
+    UDP = "udp"
+    DNS = "dns"
 
 
 class IpProtocol(enum.StrEnum):
@@ -68,11 +75,59 @@ class SourceLocation:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """TLS on a tcp probe (docs/probes.md). `server_name` is the SNI and the name verified;
+    the loader sets it to the target's host when that is a DNS name. None: no SNI, and the
+    address is verified against the certificate's IP addresses."""
+
+    server_name: str | None = None
+    verify: bool = True
+    ca_file: str | None = None  # None: the system's CA store
+    cert_file: str | None = None  # client certificate (PEM), with key_file or the key inside
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a tcp probe's dialogue: `send` bytes, or `expect` a match within `timeout`
+    seconds (None: what remains of the probe's timeout)."""
+
+    send: bytes | None = None
+    expect: re.Pattern[bytes] | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UdpOptions:
+    """A udp probe: send `payload`; success on a reply (one matching `expect`, if set)."""
+
+    payload: bytes
+    expect: re.Pattern[bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsOptions:
+    """A dns probe: ask the target for `name`/`rdtype`; the rcode must be one of `rcodes`, the
+    answer section must hold `answer_contains` and a record matching `answer_matches` (if set)."""
+
+    name: str
+    rdtype: str = "A"
+    recursion_desired: bool = True
+    rcodes: tuple[str, ...] = ("NOERROR",)
+    answer_contains: str | None = None
+    answer_matches: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeSpec:
-    """One probe of a target: its kind and the options of that kind."""
+    """One probe of a target: its kind and the options of that kind (None or empty: unused)."""
 
     kind: ProbeKind
-    port: int | None = None  # tcp only
+    port: int | None = None  # tcp, udp and dns
+    tls: TlsOptions | None = None  # tcp
+    steps: tuple[Step, ...] = ()  # tcp
+    udp: UdpOptions | None = None
+    dns: DnsOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +148,7 @@ class Defaults:
     dns_refresh: float = 300.0
     icmp_mode: IcmpMode = IcmpMode.AUTO
     icmp_payload_size: int = 56
+    dns_probe_port: int = 53  # the port a dns probe asks when it sets none
     histogram_buckets: tuple[float, ...] = (
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     )

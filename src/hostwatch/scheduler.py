@@ -13,6 +13,7 @@ probe of that watch is still in flight are counted.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
@@ -106,6 +107,7 @@ class SlotScheduler:
         for key in members.keys() - self._members.keys():
             self._add_job(key)
         self._members = members
+        settle_heap()
 
     def _add_job(self, key: SlotKey) -> None:
         interval, slot = key
@@ -146,3 +148,21 @@ class SlotScheduler:
 
 def _job_id(key: SlotKey) -> str:
     return f"slot-{key[0]:g}s-{key[1]}"
+
+
+def settle_heap() -> None:
+    """After a (re)load: collect once, then freeze what survives (config, watches, state) out
+    of the cyclic GC. Otherwise every full collection walks those ~17 objects per target
+    again: at 10,000 targets that was a quarter of the daemon's CPU and 50-100 ms stalls of
+    the event loop (scheduler lag). Objects made later are collected as usual; frozen ones
+    that lose their last reference (a later reload) are still freed by reference counting.
+    ~50 ms at 10,000 targets, once per load.
+
+    Each probe's result outlives a young collection (it is the watch's last result until the
+    next probe), so ~1 object per probe reaches the oldest generation; with the default
+    thresholds that triggered a full collection about every second. 1,000 (instead of 10)
+    young-generation-1 collections between full ones keeps them minutes apart."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _old = gc.get_threshold()
+    gc.set_threshold(young, middle, max(_old, 1000))

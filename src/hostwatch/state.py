@@ -97,7 +97,10 @@ class _Window:
         return WindowCounts(self.capacity, self.filled, self.lost, mean)
 
     def stats(self) -> WindowStats:
-        received = sorted(v for v in self.values[: self.filled] if not math.isnan(v))
+        # Runs for every watch at every scrape: sort the array slice in C, and filter out the
+        # NaNs of failures only when there are some.
+        values = self.values[: self.filled]
+        received = sorted(v for v in values if not math.isnan(v)) if self.lost else sorted(values)
         loss = self.lost / self.filled if self.filled else 0.0
         if not received:
             return WindowStats(self.filled, self.lost, loss, None, None, None, None, None)

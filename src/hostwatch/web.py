@@ -11,11 +11,15 @@ import contextlib
 import gzip
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from hostwatch.exposition import Scraper
+from hostwatch.webconfig import Authenticator, WebConfig
 
 __all__ = ["ListenAddress", "WebServer", "parse_listen_address"]
 
@@ -54,10 +58,25 @@ class Response:
     status: int
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """A body produced while it is sent (chunked transfer encoding); `chunks(gzipped)`."""
+
+    chunks: Callable[[bool], AsyncGenerator[bytes, None]]
+    content_type: str = CONTENT_TYPE_LATEST
+
+
+_UNAUTHORIZED = Response(401, b"authentication required\n",
+                         headers=(("WWW-Authenticate", 'Basic realm="hostwatch"'),))
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 class WebServer:
@@ -68,23 +87,33 @@ class WebServer:
                  ready: Callable[[], bool], targets_json: Callable[[], bytes],
                  status_html: Callable[[str], bytes]) -> None:
         self._registry = registry
+        self._scraper = Scraper(registry)
         self._targets_json = targets_json
         self._status_html = status_html
         self._reload = reload
         self._ready = ready
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._ssl: ssl.SSLContext | None = None
+        self._auth = Authenticator({})
+
+    def secure(self, web_config: WebConfig) -> None:
+        """Serve with the TLS context and basic auth users of `--web.config.file`."""
+        self._ssl = web_config.ssl_context
+        self._auth = Authenticator(web_config.users)
 
     async def start(self, address: ListenAddress) -> list[tuple[str, int]]:
         """Bind and listen; returns the bound addresses. OSError (e.g. in use) propagates."""
         self._server = await asyncio.start_server(
             self._serve, host=address.host or None, port=address.port, reuse_address=True,
-            limit=MAX_HEADER_BYTES)
+            limit=MAX_HEADER_BYTES, ssl=self._ssl,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self._ssl else None)
         return [s.getsockname()[:2] for s in self._server.sockets]
 
     async def start_on_socket(self, sock: socket.socket) -> None:
-        self._server = await asyncio.start_server(self._serve, sock=sock,
-                                                  limit=MAX_HEADER_BYTES)
+        self._server = await asyncio.start_server(
+            self._serve, sock=sock, limit=MAX_HEADER_BYTES, ssl=self._ssl,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self._ssl else None)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -123,14 +152,17 @@ class WebServer:
             if length:
                 async with asyncio.timeout(READ_TIMEOUT):
                     await reader.readexactly(length)
-            response = await self._route(method, path)
+            if await self._auth.check(headers.get("authorization", "")):
+                response = await self._route(method, path)
+            else:
+                response = _UNAUTHORIZED
             keep = headers.get("connection", "").lower() != "close"
             gz = "gzip" in headers.get("accept-encoding", "")
             await _write(writer, response, keep, gz, head_only=method == "HEAD")
             if not keep:
                 return
 
-    async def _route(self, method: str, target: str) -> Response:
+    async def _route(self, method: str, target: str) -> Response | Streamed:
         path, _, query = target.partition("?")
         if path == "/-/reload":
             if method != "POST":
@@ -141,12 +173,16 @@ class WebServer:
             return Response(405, b"method not allowed\n")
         if path == "/":
             return Response(200, self._status_html(query), "text/html; charset=utf-8")
-        handler = {"/metrics": self._metrics, "/-/healthy": _healthy, "/-/ready": self._ready_page,
+        if path == "/metrics":
+            return self._metrics()
+        handler = {"/-/healthy": _healthy, "/-/ready": self._ready_page,
                    "/api/v1/targets": self._targets}.get(path, _not_found)
         return handler()
 
-    def _metrics(self) -> Response:
-        return Response(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
+    def _metrics(self) -> Streamed:
+        """Rendered in a forked child and streamed (hostwatch.exposition): a scrape of
+        thousands of targets never holds up the event loop."""
+        return Streamed(self._scraper.chunks)
 
     def _targets(self) -> Response:
         return Response(200, self._targets_json(), "application/json")
@@ -178,8 +214,11 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
     return parts[0], parts[1], headers
 
 
-async def _write(writer: asyncio.StreamWriter, response: Response, keep: bool, gz: bool,
-                 head_only: bool = False) -> None:
+async def _write(writer: asyncio.StreamWriter, response: Response | Streamed, keep: bool,
+                 gz: bool, head_only: bool = False) -> None:
+    if isinstance(response, Streamed):
+        await _write_streamed(writer, response, keep, gz, head_only)
+        return
     body = response.body
     extra = ""
     if gz and len(body) > 1024:
@@ -187,9 +226,33 @@ async def _write(writer: asyncio.StreamWriter, response: Response, keep: bool, g
         extra = "Content-Encoding: gzip\r\n"
     head = (f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
             f"Content-Type: {response.content_type}\r\nContent-Length: {len(body)}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in response.headers) +
             f"{extra}Connection: {'keep-alive' if keep else 'close'}\r\n\r\n")
     writer.write(head.encode("latin-1"))
     if not head_only:
         writer.write(body)
+    async with asyncio.timeout(READ_TIMEOUT):
+        await writer.drain()
+
+
+async def _write_streamed(writer: asyncio.StreamWriter, response: Streamed, keep: bool,
+                          gz: bool, head_only: bool) -> None:
+    """200 with a chunked body; a failure half-way cuts the connection (no final chunk), so
+    the client sees an incomplete response rather than a wrong one."""
+    encoding = "Content-Encoding: gzip\r\n" if gz else ""
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: {response.content_type}\r\n"
+            f"Transfer-Encoding: chunked\r\n{encoding}"
+            f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n")
+    writer.write(head.encode("latin-1"))
+    if not head_only:
+        async with contextlib.aclosing(response.chunks(gz)) as chunks:
+            async for chunk in chunks:
+                if chunk:
+                    writer.write(b"%x\r\n" % len(chunk))
+                    writer.write(chunk)
+                    writer.write(b"\r\n")
+                    async with asyncio.timeout(READ_TIMEOUT):
+                        await writer.drain()
+        writer.write(b"0\r\n\r\n")
     async with asyncio.timeout(READ_TIMEOUT):
         await writer.drain()
