@@ -486,6 +486,32 @@ class TestInstalledService:
         # journald reads the dead process's stderr stream on its own schedule: poll for it.
         lab.wait_until(lambda: not missing(), "the watchdog kill in the journal", 15)
 
+    def test_fatal_error_exits_70_and_is_restarted(self, service: Service) -> None:
+        """A MemoryError in the probe path (the test-only fault switch) is not swallowed: one
+        FATAL journal entry at CRIT, exit status 70, and Restart=on-failure starts a new
+        process that becomes active again."""
+        lab = service.lab
+        service.drop_in("fatal", "[Service]\n"
+                        "Environment=HOSTWATCH_TEST_FAULT=memory-error-after=20\n"
+                        "RestartSec=100ms\n")
+        cursor = lab.cursor()
+        restarts = int(service.show("NRestarts")["NRestarts"])
+        service.restart()
+        lab.wait_until(lambda: int(service.show("NRestarts")["NRestarts"]) > restarts,
+                       "a restart after the fatal error", 30)
+        systemd_says = [m.removeprefix(f"{UNIT}: ") for m in
+                        _messages(lab.journal("_PID=1", f"UNIT={UNIT}", since_cursor=cursor))]
+        assert "Main process exited, code=exited, status=70/SOFTWARE" in systemd_says
+        assert "Failed with result 'exit-code'." in systemd_says
+        fatal = service.daemon_entries(EventKind.FATAL, cursor)
+        assert fatal, _messages(service.entries(cursor))
+        assert "2" == field_text(fatal[0], "PRIORITY")
+        assert "MemoryError" in (field_text(fatal[0], "MESSAGE") or "")
+        lab.run(["rm", "-f", f"{DROP_INS}/fatal.conf"])
+        lab.systemctl("daemon-reload")
+        service.restart()
+        service.wait_active()
+
     def test_stop_exits_zero_within_two_seconds(self, service: Service) -> None:
         """`systemctl stop` under TimeoutStopSec=2s: STOPPING=1, the process exits by itself
         with status 0 (a miss would be Result=timeout and a SIGKILL) and leaves nothing."""
