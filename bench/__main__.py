@@ -42,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tcp-targets", type=int, default=5_000)
     p.add_argument("--tcp-duration", type=float, default=60.0,
                    help="seconds of TCP connects (600 for the 10-minute claim)")
-    p.add_argument("--smokeping-max", type=int, default=5_000,
-                   help="cap for smokeping_prober (it takes minutes to start 10,000 pingers)")
+    p.add_argument("--smokeping-max", type=int, default=2_000,
+                   help="cap for smokeping_prober (5,000 pingers did not listen within 210 s)")
     p.add_argument("--smokeping-raw-max", type=int, default=1_000,
                    help="cap for smokeping_prober --privileged (a raw socket per target)")
     p.add_argument("--blackbox-concurrency", type=int, default=200)

@@ -3,6 +3,8 @@ Config, the same sources, the same errors, and no crash on absurd nesting."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +79,37 @@ class TestNesting:
                               timeout=120, check=False)
         assert 0 == done.returncode, done.stderr
         assert "nests deeper than 64 levels" in done.stdout
+
+
+class TestParsedInAChild:
+    """Files of `_PARSE_IN_CHILD_CHARS` and more are parsed in a forked child; sync and async
+    loaders give what parse_config gives, errors included, and leave no child behind."""
+
+    def _big(self, tmp_path: Path, broken: bool) -> tuple[Path, str]:
+        text = _generated(3_300)
+        if broken:
+            text = text.replace("    host: 127.0.5.1\n", "    host: 127.0.5.1\n    colour: red\n")
+        assert len(text) >= config._PARSE_IN_CHILD_CHARS
+        path = tmp_path / "big.yml"
+        path.write_text(text)
+        return path, text
+
+    def test_same_config(self, tmp_path: Path) -> None:
+        path, text = self._big(tmp_path, broken=False)
+        expected = parse_config(text, str(path))
+        assert expected == config.load_config(path)
+        assert expected == asyncio.run(config.load_config_async(path))
+        with pytest.raises(ChildProcessError):
+            os.waitpid(-1, os.WNOHANG)
+
+    def test_same_error(self, tmp_path: Path) -> None:
+        path, text = self._big(tmp_path, broken=True)
+        with pytest.raises(ConfigError) as direct:
+            parse_config(text, str(path))
+        assert "targets[1250]: unknown key 'colour'" in str(direct.value)
+        with pytest.raises(ConfigError) as caught:
+            config.load_config(path)
+        assert str(direct.value) == str(caught.value)
+        with pytest.raises(ConfigError) as caught:
+            asyncio.run(config.load_config_async(path))
+        assert str(direct.value) == str(caught.value)

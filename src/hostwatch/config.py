@@ -12,6 +12,7 @@ cannot garble a terminal or the journal.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime
@@ -217,45 +218,84 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the YAML file at `path`; raise `ConfigError` naming every problem."""
     source = os.fspath(path)
     text = _decode(source, _read_file(source))
-    if len(text) >= _PARSE_IN_CHILD_CHARS and hasattr(os, "fork"):
-        return _parse_in_child(text, source)
-    return parse_config(text, source)
-
-
-def _parse_in_child(text: str, source: str) -> Config:
-    """`parse_config` in a forked child, the result pickled back. Parsing 10,000 targets makes
-    ~60 MB of short-lived objects (the YAML and located trees); Python keeps most freed memory
-    in the process, so the daemon would keep that peak for good. The child does instead; the
-    parent only unpickles the Config (~0.1 s). Same Config, same ConfigError; if the child
-    fails for any other reason, the parse runs here."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: parse, write, exit; never back into the caller's code
-        code = 70
-        try:
-            os.close(read_fd)
-            signal.set_wakeup_fd(-1)  # signals are the parent's business
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(signum, signal.SIG_DFL)
-            try:
-                result: Config | ConfigError = parse_config(text, source)
-            except ConfigError as err:
-                result = err
-            with os.fdopen(write_fd, "wb") as out:
-                pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if status != 0 or not data:
+    child = _ParseChild.start(text, source) if _in_child(text) else None
+    if child is None:
         return parse_config(text, source)
-    loaded: Config | ConfigError = pickle.loads(data)  # noqa: S301  # our own child's pickle
-    if isinstance(loaded, ConfigError):
-        raise loaded
-    return loaded
+    with os.fdopen(child.fd, "rb") as pipe:
+        data = pipe.read()
+    return child.result(data)
+
+
+async def load_config_async(path: str | os.PathLike[str]) -> Config:
+    """`load_config` for the event loop: a large file is parsed in a forked child while the
+    loop goes on (probes keep their schedule during a reload); only the unpickling of the
+    result runs in the loop."""
+    source = os.fspath(path)
+    text = _decode(source, _read_file(source))
+    child = _ParseChild.start(text, source) if _in_child(text) else None
+    if child is None:
+        return parse_config(text, source)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(child.fd, "rb", 0))
+    try:
+        data = await reader.read()
+    finally:
+        transport.close()
+    return child.result(data)
+
+
+def _in_child(text: str) -> bool:
+    return len(text) >= _PARSE_IN_CHILD_CHARS and hasattr(os, "fork")
+
+
+@dataclass(frozen=True, slots=True)
+class _ParseChild:
+    """`parse_config` in a forked child, the result pickled back through a pipe. Parsing
+    10,000 targets makes ~60 MB of short-lived objects (the YAML and located trees); Python
+    keeps most freed memory in the process, so the daemon would keep that peak for good. The
+    child does instead; the parent only unpickles the Config. Same Config, same ConfigError;
+    if the child fails for any other reason, the parse runs in the caller."""
+
+    pid: int
+    fd: int
+    text: str
+    source: str
+
+    @classmethod
+    def start(cls, text: str, source: str) -> _ParseChild:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: parse, write, exit; never back into the caller's code
+            code = 70
+            try:
+                os.close(read_fd)
+                signal.set_wakeup_fd(-1)  # signals are the parent's business
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(signum, signal.SIG_DFL)
+                try:
+                    result: Config | ConfigError = parse_config(text, source)
+                except ConfigError as err:
+                    result = err
+                with os.fdopen(write_fd, "wb") as out:
+                    pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        return cls(pid, read_fd, text, source)
+
+    def result(self, data: bytes) -> Config:
+        """The Config from the child's `data` (its pipe read to the end); reaps the child,
+        which exits right after closing the pipe."""
+        _, status = os.waitpid(self.pid, 0)
+        if status != 0 or not data:
+            return parse_config(self.text, self.source)
+        loaded: Config | ConfigError = pickle.loads(data)  # noqa: S301  # our own child's pickle
+        if isinstance(loaded, ConfigError):
+            raise loaded
+        return loaded
 
 
 def parse_config(text: str, source: str) -> Config:

@@ -18,7 +18,7 @@ from typing import Any
 
 from hostwatch import __version__
 from hostwatch.api import targets_document
-from hostwatch.config import ConfigError, default_config, load_config
+from hostwatch.config import ConfigError, default_config, load_config_async
 from hostwatch.discovery import Fingerprint, discover, fingerprint, refresh_interval
 from hostwatch.events import LOG_CRIT, LOG_ERR, EventKind, Events, SinkHandler
 from hostwatch.journal import EventSink, JournalSink, StderrSink, stderr_is_journal
@@ -142,13 +142,13 @@ class Daemon:
         self.die(exc)
 
     # --- config -----------------------------------------------------------------------------
-    def _read_config(self) -> Config:
+    async def _read_config(self) -> Config:
         """The config file (or the embedded default) with the discovered targets added."""
         path = self.options.config_file
         if path is None and not os.path.exists(DEFAULTS.config_file):
             static = default_config(self.options.listen.host, self._listen_port)
         else:
-            static = load_config(path or DEFAULTS.config_file)
+            static = await load_config_async(path or DEFAULTS.config_file)
         fingerprint_now = fingerprint(static)
         config = discover(static)
         self._static, self._fingerprint = static, fingerprint_now
@@ -206,7 +206,7 @@ class Daemon:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                config = self._read_config()
+                config = await self._read_config()
                 await self.apply(config)
             except (ConfigError, IcmpPermissionError, OSError) as err:
                 self.reload_status.successful = False
@@ -236,7 +236,7 @@ class Daemon:
             await self.web.start_on_socket(activated)
             addresses = [activated.getsockname()[:2]]
         self._listen_port = addresses[0][1]
-        config = self._read_config()
+        config = await self._read_config()
         await self.apply(config)
         self.scheduler.start()
         self.resolver.start()
