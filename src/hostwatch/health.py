@@ -18,8 +18,8 @@ States (see docs/states.md for the reasoning and the false-alarm arithmetic):
 from __future__ import annotations
 
 import enum
-from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from hostwatch.model import TargetConfig
 from hostwatch.probes.base import ProbeResult
@@ -70,9 +70,9 @@ class Verdict:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class WindowCounts:
-    """What the tracker needs of the result window, read in O(1)."""
+class WindowCounts(NamedTuple):
+    """What the tracker needs of the result window, read in O(1); one per probe result, so a
+    NamedTuple (cheaper to make than a frozen dataclass)."""
 
     capacity: int
     filled: int
@@ -81,6 +81,7 @@ class WindowCounts:
 
 
 UNKNOWN = Verdict(Health.UNKNOWN)
+UP_OK = Verdict(Health.UP, "ok")  # the common verdict, made once
 
 
 class Tracker:
@@ -98,12 +99,13 @@ class Tracker:
         self.consecutive_successes = 0
         self._fresh = 0  # results since the last recovery from DOWN (or since the start)
         self._fresh_lost = 0
-        self._changes: deque[float] = deque(maxlen=policy.flap_start)
+        # The times of the last `flap_start` changes of the underlying state. A tuple: empty
+        # (the shared `()`) for almost every watch, where a deque would hold ~600 bytes.
+        self._changes: tuple[float, ...] = ()
 
     def set_policy(self, policy: Policy) -> None:
         """New thresholds (a reload); state and history are kept."""
-        if policy.flap_start != self.policy.flap_start:
-            self._changes = deque(self._changes, maxlen=policy.flap_start)
+        self._changes = self._changes[-policy.flap_start:]
         self.policy = policy
 
     def update(self, result: ProbeResult, window: WindowCounts, now: float) -> Verdict | None:
@@ -112,7 +114,7 @@ class Tracker:
         underlying = self._judge(result, window)
         if underlying.health is not self.underlying.health:
             if self.underlying.health is not Health.UNKNOWN:
-                self._changes.append(now)
+                self._changes = (*self._changes, now)[-self.policy.flap_start:]
             self.underlying = underlying
         elif underlying != self.underlying:
             self.underlying = underlying  # same state, newer reason or detail
@@ -154,7 +156,7 @@ class Tracker:
         p = self.policy
         fresh = min(self._fresh, window.filled)
         if fresh < min(MIN_SAMPLES, window.capacity):
-            return Verdict(Health.UP, "ok")
+            return UP_OK
         lost = self._fresh_lost if self._fresh < window.capacity else window.lost
         loss = lost / fresh
         loss_limit = p.degraded_loss_ratio * (LOSS_CLEAR_FACTOR if degraded else 1.0)
@@ -167,7 +169,7 @@ class Tracker:
             if mean > rtt_limit:
                 return Verdict(Health.DEGRADED, "latency", f"mean RTT {mean * 1000:.3f} ms "
                                f"(threshold {p.degraded_rtt * 1000:.3f} ms)")
-        return Verdict(Health.UP, "ok")
+        return UP_OK
 
     def _flapping(self, now: float) -> bool:
         p = self.policy

@@ -13,7 +13,7 @@ or malformed data, returns None: a foreign packet is never counted as a reply.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "ECHO_REPLY_V4",
@@ -46,9 +46,10 @@ def _ones_sum(data: bytes) -> int:
     return total
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    """A packet of ours: an echo reply, or an error (type/code) quoting our request."""
+class Parsed(NamedTuple):
+    """A packet of ours: an echo reply, or an error (type/code) quoting our request. A
+    NamedTuple: one is made per reply, and a tuple is made several times faster than a
+    frozen dataclass."""
 
     identifier: int
     sequence: int
