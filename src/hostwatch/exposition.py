@@ -1,10 +1,11 @@
 """/metrics: a fast renderer, byte for byte what prometheus-client writes, run in a child.
 
-`generate_latest` spends ~20 µs per sample validating, sorting and escaping labels: 6.5 s for
-10,000 targets (~350,000 samples). Here the per-target families are written straight from the
-watches: each watch's labels are escaped and sorted once per scrape, a family's lines for one
-watch come from one template, and integer counts are formatted as integers. The daemon-wide
-families and `process_*` still go through `generate_latest` (a few dozen samples).
+`generate_latest` spends ~10 µs per sample validating, sorting and escaping labels: 3.6 s for
+10,000 targets (~400,000 samples) in one measurement. Here the per-target families are written
+straight from the watches: each watch's labels are escaped and sorted once per scrape, a
+family's lines for one watch come from one template, and integer counts are formatted as
+integers. The daemon-wide families and `process_*` still go through `generate_latest` (a few
+dozen samples).
 
 Names, help texts, types and the order of the families come from `hostwatch.metrics`
 (`_Families`), so they are defined once. The sample logic of each per-target family is repeated
@@ -130,7 +131,8 @@ class _Labels:
 
     def plain(self) -> bool:
         """True if no label text holds a character the templates use as a placeholder."""
-        return not any(c in self.base for c in _PLACEHOLDERS)
+        base = self.base
+        return "\x01" not in base and "\x02" not in base and "\x03" not in base
 
 
 def _sample_line(name: str, labels: dict[str, str], value: float) -> str:
