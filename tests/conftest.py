@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +39,12 @@ def journald(tmp_path: Path) -> Iterator[PrivateJournald]:
     PrivateJournald.cleanup_stale()
     with PrivateJournald(tmp_path / "journald") as jd:
         yield jd
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A listening TCP port on 127.0.0.1 (connects succeed; nothing is ever accepted)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield s.getsockname()[1]

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -35,6 +34,7 @@ import pytest
 import yaml
 
 from daemon_proc import free_port
+from servers import ThreadedAcceptor
 
 __all__ = [
     "DEPLOY",
@@ -293,32 +293,12 @@ class Webhook:
         self.close()
 
 
-class TcpListener:
+class TcpListener(ThreadedAcceptor):
     """Accepts (and closes) connections on 127.0.0.1:`port` (0: any free port) in a thread
     until `close`; then connects there are refused. A host to take down and bring back."""
 
     def __init__(self, port: int = 0) -> None:
-        self._listener = socket.create_server(("127.0.0.1", port))  # SO_REUSEADDR: re-bindable
-        self._listener.settimeout(0.05)
-        self.port: int = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="tcp-listener", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self._listener.close()
+        super().__init__("127.0.0.1", port, "tcp-listener")
 
 
 @contextlib.contextmanager

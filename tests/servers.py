@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
 import pytest
 from cryptography import x509
@@ -40,6 +40,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hostwatch.config import parse_config
+from hostwatch.model import ProbeSpec
+from hostwatch.probes.base import Prober, ProbeResult
 from lab.procs import stop_process
 
 __all__ = [
@@ -49,12 +52,15 @@ __all__ = [
     "Handler",
     "Issued",
     "ServerLoop",
+    "ThreadedAcceptor",
     "close_at_once",
     "closed_udp_port",
     "pong",
+    "probe_once",
     "require_dnsmasq",
     "say",
     "silent",
+    "spec_of",
     "utc_now",
 ]
 
@@ -289,19 +295,20 @@ class ServerLoop:
         self.close()
 
 
-class BlockingTlsServer:
-    """TLS on blocking sockets in a thread, one connection at a time: `+OK\\r\\n` after the
-    handshake. Unlike an asyncio server, OpenSSL here sends its alert when it rejects a
-    handshake (say, a missing client certificate), as real servers do."""
+class ThreadedAcceptor:
+    """Accepts connections on `host`:`port` (0: any free port) in a thread of its own until
+    `close`, handing each to `handle` (which closes it); after `close`, connects are refused."""
 
-    def __init__(self, context: ssl.SSLContext, host: str = "127.0.0.1") -> None:
-        self._context = context
-        self._listener = socket.create_server((host, 0))
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "acceptor") -> None:
+        self._listener = socket.create_server((host, port))  # SO_REUSEADDR: re-bindable
         self._listener.settimeout(0.05)
         self.port: int = self._listener.getsockname()[1]
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="tls-server", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.close()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -309,23 +316,38 @@ class BlockingTlsServer:
                 conn, _ = self._listener.accept()
             except TimeoutError:
                 continue
-            conn.settimeout(5)
-            with conn, contextlib.suppress(OSError), \
-                    self._context.wrap_socket(conn, server_side=True) as tls:
-                tls.sendall(b"+OK\r\n")
-                tls.recv(1024)
+            except OSError:
+                return
+            self.handle(conn)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
         self._listener.close()
 
-    def __enter__(self) -> BlockingTlsServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class BlockingTlsServer(ThreadedAcceptor):
+    """TLS on blocking sockets in a thread, one connection at a time: `+OK\\r\\n` after the
+    handshake. Unlike an asyncio server, OpenSSL here sends its alert when it rejects a
+    handshake (say, a missing client certificate), as real servers do."""
+
+    def __init__(self, context: ssl.SSLContext, host: str = "127.0.0.1") -> None:
+        self._context = context
+        super().__init__(host, 0, "tls-server")
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with conn, contextlib.suppress(OSError), \
+                self._context.wrap_socket(conn, server_side=True) as tls:
+            tls.sendall(b"+OK\r\n")
+            tls.recv(1024)
 
 
 def closed_udp_port(host: str = "127.0.0.1") -> int:
@@ -421,3 +443,29 @@ class Dnsmasq:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+# --- one probe, as the Runner starts it ---------------------------------------------------------
+def spec_of(probes: str, host: str = "127.0.0.1") -> ProbeSpec:
+    """The single probe of a one-target config whose `probes:` is the flow mapping `probes`."""
+    text = f"targets:\n  - name: t\n    host: '{host}'\n    probes: {probes}\n"
+    (target,) = parse_config(text, "test.yml").targets
+    (spec,) = target.probes
+    return spec
+
+
+def probe_once(prober: Prober | Callable[[], Prober], spec: ProbeSpec, timeout: float = 1.0,
+               ip: str = "127.0.0.1") -> ProbeResult:
+    """One probe of `spec`, started as the Runner starts it, by `prober` (kept open) or by a
+    fresh one made by calling it (closed afterwards)."""
+    async def go() -> ProbeResult:
+        own = prober if not callable(prober) else prober()
+        try:
+            future: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
+            own.start(ip, spec.port, timeout, future.set_result, spec=spec)
+            return await future
+        finally:
+            if own is not prober:
+                await own.close()
+
+    return asyncio.run(go())

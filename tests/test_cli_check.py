@@ -42,14 +42,6 @@ def rows(stdout: str) -> list[dict[str, str]]:
                      strict=True)) for line in lines[1:]]
 
 
-@pytest.fixture
-def listener() -> Iterator[int]:
-    """A listening TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(64)
-        yield s.getsockname()[1]
-
 
 @pytest.fixture
 def listener6() -> Iterator[int]:

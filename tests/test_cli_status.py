@@ -4,7 +4,6 @@ real command against a real daemon on loopback (UP, DOWN and UNKNOWN targets).""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -133,14 +132,6 @@ class TestDocument:
                                "(timeout)|up=1;;;0;2 degraded=0;;;0;2 flapping=0;;;0;2 "
                                "unknown=0;;;0;2 down=1;;;0;2")
 
-
-@pytest.fixture
-def listener() -> Iterator[int]:
-    """A listening TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(64)
-        yield s.getsockname()[1]
 
 
 def _config(listen_port: int, closed_port: int) -> str:

@@ -10,21 +10,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from daemon_proc import DaemonProcess, Scrape, free_port, local_get, running
-
-
-@pytest.fixture
-def listener() -> Iterator[int]:
-    """A listening TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(64)
-        yield s.getsockname()[1]
 
 
 def _config(listen_port: int, closed_port: int) -> str:

@@ -3,7 +3,6 @@ whole daemon running one target of every new probe type against real loopback se
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ import dns.rcode
 import pytest
 
 from daemon_proc import Scrape, running
-from hostwatch.config import parse_config
 from hostwatch.model import DnsOptions, ProbeKind, ProbeSpec
 from hostwatch.probes.base import ProbeResult, Reason
 from hostwatch.probes.dns import DnsProber, check_reply, make_query, same_record
@@ -25,32 +23,17 @@ from servers import (
     ServerLoop,
     closed_udp_port,
     pong,
+    probe_once,
     require_dnsmasq,
     silent,
+    spec_of,
     utc_now,
 )
 
 
-def spec_of(probes: str, host: str = "127.0.0.1") -> ProbeSpec:
-    """The single probe of a one-target config whose `probes:` is the flow mapping `probes`."""
-    text = f"targets:\n  - name: t\n    host: '{host}'\n    probes: {probes}\n"
-    (target,) = parse_config(text, "test.yml").targets
-    (spec,) = target.probes
-    return spec
-
-
 def probe(spec: ProbeSpec, timeout: float = 1.0, ip: str = "127.0.0.1") -> ProbeResult:
     """One probe of `spec` by a fresh DnsProber."""
-    async def go() -> ProbeResult:
-        prober = DnsProber()
-        try:
-            future: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
-            prober.start(ip, spec.port, timeout, future.set_result, spec=spec)
-            return await future
-        finally:
-            await prober.close()
-
-    return asyncio.run(go())
+    return probe_once(DnsProber, spec, timeout, ip)
 
 
 @pytest.fixture(scope="module")

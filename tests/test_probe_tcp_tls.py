@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from daemon_proc import free_port
-from hostwatch.config import parse_config
 from hostwatch.model import ProbeKind, ProbeSpec, Step, TlsOptions
 from hostwatch.probes.base import ProbeResult, Reason
 from hostwatch.probes.tcp import TcpProber
@@ -31,34 +30,18 @@ from servers import (
     ServerLoop,
     close_at_once,
     pong,
+    probe_once,
     say,
     silent,
+    spec_of,
     utc_now,
 )
 
 
-def spec_of(probes: str, host: str = "127.0.0.1") -> ProbeSpec:
-    """The single probe of a one-target config whose `probes:` is the flow mapping `probes`."""
-    text = f"targets:\n  - name: t\n    host: '{host}'\n    probes: {probes}\n"
-    (target,) = parse_config(text, "test.yml").targets
-    (spec,) = target.probes
-    return spec
-
-
 def probe(spec: ProbeSpec, timeout: float = 1.0, ip: str = "127.0.0.1",
           prober: TcpProber | None = None) -> ProbeResult:
-    """One probe of `spec` by a TcpProber, as the Runner starts it."""
-    async def go() -> ProbeResult:
-        own = prober or TcpProber()
-        try:
-            future: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
-            own.start(ip, spec.port, timeout, future.set_result, spec=spec)
-            return await future
-        finally:
-            if prober is None:
-                await own.close()
-
-    return asyncio.run(go())
+    """One probe of `spec` by `prober`, or by a fresh TcpProber."""
+    return probe_once(prober or TcpProber, spec, timeout, ip)
 
 
 def phases(result: ProbeResult) -> list[str]:

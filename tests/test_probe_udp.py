@@ -8,33 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from hostwatch.config import parse_config
 from hostwatch.model import ProbeKind, ProbeSpec, UdpOptions
 from hostwatch.probes.base import ProbeResult, Reason
 from hostwatch.probes.udp import UdpProber
-from servers import ServerLoop, closed_udp_port
-
-
-def spec_of(probes: str, host: str = "127.0.0.1") -> ProbeSpec:
-    """The single probe of a one-target config whose `probes:` is the flow mapping `probes`."""
-    text = f"targets:\n  - name: t\n    host: '{host}'\n    probes: {probes}\n"
-    (target,) = parse_config(text, "test.yml").targets
-    (spec,) = target.probes
-    return spec
+from servers import ServerLoop, closed_udp_port, probe_once, spec_of
 
 
 def probe(spec: ProbeSpec, timeout: float = 1.0, ip: str = "127.0.0.1") -> ProbeResult:
     """One probe of `spec` by a fresh UdpProber."""
-    async def go() -> ProbeResult:
-        prober = UdpProber()
-        try:
-            future: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
-            prober.start(ip, spec.port, timeout, future.set_result, spec=spec)
-            return await future
-        finally:
-            await prober.close()
-
-    return asyncio.run(go())
+    return probe_once(UdpProber, spec, timeout, ip)
 
 
 @pytest.fixture

@@ -1398,13 +1398,18 @@ def _read_host(section: _Section) -> str | None:
     node = section.require("host", "add the address or DNS name to probe, such as `host: ::1`")
     if node is None:
         return None
-    host = _string(section.context, node, section.sub("host"), "write the host as a string")
-    if host is None:
+    return _host_value(section, "host", node, "write the host as a string")
+
+
+def _host_value(section: _Section, key: str, node: _Node, hint: str) -> str | None:
+    """The address or DNS name at `key` (normalised), or None with the problem recorded."""
+    text = _string(section.context, node, section.sub(key), hint)
+    if text is None:
         return None
     try:
-        return _normalise_host(host)
+        return _normalise_host(text)
     except ValueError as err:
-        section.context.add(node.at, section.sub("host"), str(err))
+        section.context.add(node.at, section.sub(key), str(err))
         return None
 
 
@@ -1525,14 +1530,7 @@ def _server_name(tls: _Section, host: str | None) -> str | None:
     node = tls.get("server_name")
     if node is None:
         return host
-    text = _string(tls.context, node, tls.sub("server_name"), "write a DNS name")
-    if text is None:
-        return None
-    try:
-        return _normalise_host(text)
-    except ValueError as err:
-        tls.context.add(node.at, tls.sub("server_name"), str(err))
-        return None
+    return _host_value(tls, "server_name", node, "write a DNS name")
 
 
 def _flag(section: _Section, key: str, *, default: bool, report: bool = True) -> bool | None:
