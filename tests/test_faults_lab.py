@@ -3,8 +3,10 @@ detection). The daemon runs in the lab's prober namespace; faults are made on th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from daemon_proc import DaemonProcess, Scrape, running
 from lab.netns import NetLab
 
 WEB_PORT = 8080
+ECHO_DELAY = Path(__file__).parent / "lab" / "echo_delay.py"
 
 
 def _getter(lab: NetLab):  # type: ignore[no-untyped-def]
@@ -101,6 +104,42 @@ class TestDetection:
             assert flapped, "never FLAPPING while toggling every 5 s"
             daemon.wait_for(lambda s: _states(s).get("host/icmp") == "up", timeout=40,
                             what="UP after settling")
+
+
+class TestLatency:
+    def test_delayed_replies_make_degraded_latency(self, lab: NetLab, tmp_path: Path) -> None:
+        """Echo replies delayed 30 ms by a user-space responder (tests/lab/echo_delay.py, the
+        kernel's own replies off): the RTT follows the delay, the target is DEGRADED with
+        reason `latency` (mean over `degraded_rtt: 10ms`), never DOWN, and UP again once the
+        kernel answers at once."""
+        delay = 0.030
+        config = ("defaults: {interval: 100ms, timeout: 90ms, degraded_rtt: 10ms}\n"
+                  f"targets:\n  - {{name: slow, host: {lab.host_ip4}, probes: {{icmp: }}}}\n")
+        with running(tmp_path, config, prefix=lab.prober_cmd([]), get=_getter(lab)) as daemon:
+            daemon.wait_for(lambda s: _states(s).get("slow/icmp") == "up", what="up")
+            lab.sysctl(lab.host_ns, "net.ipv4.icmp_echo_ignore_all", "1")
+            responder = subprocess.Popen(
+                lab.host_cmd([sys.executable, str(ECHO_DELAY), str(delay)]),
+                stdout=subprocess.PIPE, text=True)
+            try:
+                assert responder.stdout is not None
+                assert "ready" == responder.stdout.readline().strip()
+                slow = daemon.wait_for(lambda s: _states(s).get("slow/icmp") == "degraded",
+                                       timeout=30, what="DEGRADED by latency")
+                targets = json.loads(lab.http_get(
+                    f"{daemon.url}/api/v1/targets")[1])
+            finally:
+                responder.kill()
+                responder.wait()
+                lab.sysctl(lab.host_ns, "net.ipv4.icmp_echo_ignore_all", "0")
+            daemon.wait_for(lambda s: _states(s).get("slow/icmp") == "up", timeout=30,
+                            what="UP again without the delay")
+        (entry,) = targets["data"]
+        assert "latency" == entry["state_reason"], entry
+        last_rtt = slow.value("hostwatch_probe_last_rtt_seconds", target="slow")
+        assert delay <= last_rtt < delay + 0.05  # the injected delay, plus the way there
+        # UNKNOWN -> UP -> DEGRADED and nothing between: no DOWN on the way
+        assert 2 == slow.value("hostwatch_probe_transitions_total", target="slow")
 
 
 class TestReasons:
