@@ -138,7 +138,7 @@ class TestHostsFile:
             "::1 localhost ip6-localhost\n"
             "fe80::1%eth0 router\n"
             "not-an-address name\n"
-            "10.0.0.1\n"
+            "127.0.0.9\n"
             "127.0.0.1 localhost\n"
         )
         assert {
