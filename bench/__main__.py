@@ -106,12 +106,12 @@ def _on_alarm(_signum: int, _frame: FrameType | None) -> None:
 def _phases(s: Settings) -> list[tuple[str, str | None, Callable[[], ToolResult]]]:
     """(phase, binary it needs, what runs it)."""
     return [
-        ("hostwatch", None, lambda: _ours(s)),
+        ("hostwatch", None, lambda: _judged(HostwatchPhase(s))),
         ("fping", peers.FPING, lambda: peers.run_fping(s)),
         ("smokeping", peers.SMOKEPING, lambda: peers.run_smokeping(s, raw=False)),
         ("smokeping-raw", peers.SMOKEPING, lambda: peers.run_smokeping(s, raw=True)),
         ("blackbox", peers.BLACKBOX, lambda: peers.run_blackbox(s)),
-        ("tcp", None, lambda: _tcp(s)),
+        ("tcp", None, lambda: _judged(TcpPhase(s))),
     ]
 
 
@@ -119,17 +119,8 @@ _GOALS: list[Goal] = []
 _FACTS: dict[str, object] = {}
 
 
-def _ours(s: Settings) -> ToolResult:
-    phase = HostwatchPhase(s)
-    try:
-        return phase.run()
-    finally:
-        _GOALS.extend(phase.goals)
-        _FACTS.update(phase.facts)
-
-
-def _tcp(s: Settings) -> ToolResult:
-    phase = TcpPhase(s)
+def _judged(phase: HostwatchPhase | TcpPhase) -> ToolResult:
+    """Runs one of hostwatch's phases; its goals and facts are kept even if it fails."""
     try:
         return phase.run()
     finally:

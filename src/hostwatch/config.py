@@ -216,9 +216,7 @@ class ConfigError(Exception):
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the YAML file at `path`; raise `ConfigError` naming every problem."""
-    source = os.fspath(path)
-    text = _decode(source, _read_file(source))
-    child = _ParseChild.start(text, source) if _in_child(text) else None
+    text, source, child = _begin(path)
     if child is None:
         return parse_config(text, source)
     with os.fdopen(child.fd, "rb") as pipe:
@@ -230,9 +228,7 @@ async def load_config_async(path: str | os.PathLike[str]) -> Config:
     """`load_config` for the event loop: a large file is parsed in a forked child while the
     loop goes on (probes keep their schedule during a reload); only the unpickling of the
     result runs in the loop."""
-    source = os.fspath(path)
-    text = _decode(source, _read_file(source))
-    child = _ParseChild.start(text, source) if _in_child(text) else None
+    text, source, child = _begin(path)
     if child is None:
         return parse_config(text, source)
     loop = asyncio.get_running_loop()
@@ -246,8 +242,12 @@ async def load_config_async(path: str | os.PathLike[str]) -> Config:
     return child.result(data)
 
 
-def _in_child(text: str) -> bool:
-    return len(text) >= _PARSE_IN_CHILD_CHARS and hasattr(os, "fork")
+def _begin(path: str | os.PathLike[str]) -> tuple[str, str, _ParseChild | None]:
+    """The file's text and name, and the child parsing it if it is large enough for one."""
+    source = os.fspath(path)
+    text = _decode(source, _read_file(source))
+    large = len(text) >= _PARSE_IN_CHILD_CHARS and hasattr(os, "fork")
+    return text, source, _ParseChild.start(text, source) if large else None
 
 
 @dataclass(frozen=True, slots=True)

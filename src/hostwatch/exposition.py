@@ -65,7 +65,6 @@ KNOWN: Final = (
 FIRST: Final = KNOWN.index("last_rtt_seconds")  # families of the first pass
 _DETAILS: Final = KNOWN.index("phase_seconds")  # from here on: _ProbeDetails, rendered generically
 _STATS: Final = ("min", "median", "max", "mean", "stddev")
-_PLACEHOLDERS: Final = ("\x01", "\x02", "\x03")
 _COUNT_LIMIT: Final = 1_000_000  # from here on Go (and prometheus-client) write 1.234567e+06
 
 

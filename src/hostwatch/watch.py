@@ -141,13 +141,16 @@ class Runner:
             self.skipped_in_flight += 1
             return
         target = watch.target
-        asked = time.monotonic()
-        resolution = watch.fixed or self._resolver.get(target.host, watch.protocol)
+        if watch.fixed is not None:  # an address literal: nothing to look up or to time
+            resolution, resolved = watch.fixed, 0.0
+        else:
+            asked = time.monotonic()
+            resolution = self._resolver.get(target.host, watch.protocol)
+            resolved = time.monotonic() - asked
         if resolution.ip is None:
             reason = resolution.reason or Reason.DNS
             self._record(watch, ProbeResult(reason, "", detail=resolution.detail))
             return
-        resolved = time.monotonic() - asked
         watch.in_flight = True
         prober = self._probers[watch.spec.kind]
         prober.start(resolution.ip, watch.spec.port, target.timeout,
