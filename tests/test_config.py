@@ -81,7 +81,7 @@ TOP_KEYS = (
 TARGET_KEYS = (
     "`name`, `host`, `probes`, `interval`, `timeout`, `failure_threshold`, `success_threshold`,"
     " `window`, `ip_protocol`, `labels`, `degraded_loss_ratio`, `degraded_rtt`, `flap_window`,"
-    " `flap_start`, `flap_stop`"
+    " `flap_start`, `flap_stop`, `rtt_histogram`"
 )
 DURATION_FORMAT = (
     "write whole numbers with units ms, s, m, h, d, w, y from largest to smallest,"
@@ -1096,7 +1096,7 @@ class TestValidConfig:
         """The complete example file builds exactly the expected Config."""
         site_lab = (("site", "lab"),)
         state = {"degraded_loss_ratio": 0.05, "degraded_rtt": 0.05, "flap_window": 900.0,
-                 "flap_start": 8, "flap_stop": 3}
+                 "flap_start": 8, "flap_stop": 3, "rtt_histogram": True}
         expected = Config(
             targets=(
                 TargetConfig(
@@ -1137,7 +1137,7 @@ class TestValidConfig:
         """Each target remembers the position of its list item."""
         config = load_config(FULL_EXAMPLE)
         where = [(t.source.line, t.source.column) for t in config.targets if t.source]
-        assert where == [(28, 5), (33, 5), (44, 5), (51, 5)]
+        assert where == [(29, 5), (34, 5), (45, 5), (52, 5)]
 
     def test_defaults_applied(self) -> None:
         """Keys left out anywhere take the values of `model.DEFAULTS`."""
@@ -1156,6 +1156,19 @@ class TestValidConfig:
         text = "defaults:\n  interval: 5s\n  window: 7\n" + _target("window: 9")
         target = _only_target(text)
         assert (5.0, DEFAULTS.timeout, 9) == (target.interval, target.timeout, target.window)
+
+    def test_rtt_histogram_off_unless_asked(self) -> None:
+        """`rtt_histogram` is off by default, on from `defaults`, and a target's own wins."""
+        assert not _only_target(_target()).rtt_histogram
+        on = "defaults:\n  rtt_histogram: true\n"
+        assert _only_target(on + _target()).rtt_histogram
+        assert not _only_target(on + _target("rtt_histogram: false")).rtt_histogram
+
+    def test_rtt_histogram_must_be_a_boolean(self) -> None:
+        """A non-boolean is reported at its line and column, with what to write."""
+        problems = _problems(_target("rtt_histogram: 'yes'"))
+        assert "hostwatch.yml:5:20: targets[0].rtt_histogram" in problems
+        assert "write true or false" in problems
 
     def test_label_merge(self) -> None:
         """Default labels are merged under the target's; the target wins; pairs are sorted."""
@@ -1289,16 +1302,19 @@ class TestDefaultConfig:
     def test_metrics_target_is_loopback(self, listen_host: str, probed: str) -> None:
         """The metrics probe goes to a loopback address matching the listen address family."""
         config = default_config(listen_host, 10115)
-        expected = TargetConfig("hostwatch-metrics", probed, (ProbeSpec(ProbeKind.TCP, 10115),))
+        expected = TargetConfig("hostwatch-metrics", probed, (ProbeSpec(ProbeKind.TCP, 10115),),
+                                rtt_histogram=True)
         assert expected == config.targets[2]
 
     def test_targets(self) -> None:
-        """The embedded default watches both loopback addresses and the metrics port."""
+        """The embedded default watches both loopback addresses and the metrics port, with
+        RTT histograms (a few targets: their cost does not matter)."""
         config = default_config("", 10115)
         expected = (
-            TargetConfig("loopback-v4", "127.0.0.1", (ICMP,)),
-            TargetConfig("loopback-v6", "::1", (ICMP,)),
-            TargetConfig("hostwatch-metrics", "127.0.0.1", (ProbeSpec(ProbeKind.TCP, 10115),)),
+            TargetConfig("loopback-v4", "127.0.0.1", (ICMP,), rtt_histogram=True),
+            TargetConfig("loopback-v6", "::1", (ICMP,), rtt_histogram=True),
+            TargetConfig("hostwatch-metrics", "127.0.0.1", (ProbeSpec(ProbeKind.TCP, 10115),),
+                         rtt_histogram=True),
         )
         assert (expected, "<embedded default>") == (config.targets, config.source)
 

@@ -113,3 +113,23 @@ class TestParsedInAChild:
         with pytest.raises(ConfigError) as caught:
             asyncio.run(config.load_config_async(path))
         assert str(direct.value) == str(caught.value)
+
+    def test_running_targets_kept(self, tmp_path: Path) -> None:
+        """With the running config given, a target that is unchanged and in the same place
+        comes back as the running object; a changed one, and every one whose place in the
+        file moved, is new and carries its new location. The Config equals a fresh parse."""
+        path, text = self._big(tmp_path, broken=False)
+        running = config.load_config(path)
+        changed = text.replace("tcp: {port: 11}\n", "tcp: {port: 9}\n", 1)
+        changed = changed.replace("  - name: t3000\n", "  - name: t3000\n    window: 7\n")
+        path.write_text(changed)
+        loaded = asyncio.run(config.load_config_async(path, running))
+        assert loaded == parse_config(changed, str(path))
+        kept = [new is old for new, old in zip(loaded.targets, running.targets, strict=True)]
+        assert kept[:10] == [True] * 10
+        assert not kept[10]  # t10, port 11 -> 9
+        assert kept[11:3000] == [True] * 2989
+        assert kept[3000:] == [False] * 300  # t3000 changed, the ones after it moved
+        moved = loaded.targets[3001].source
+        assert moved is not None
+        assert moved.line == running.targets[3001].source.line + 1  # type: ignore[union-attr]

@@ -24,6 +24,7 @@ defaults:
   timeout: 150ms
   failure_threshold: 2
   success_threshold: 2
+  rtt_histogram: true
 targets:
   - name: lo-1
     host: 127.0.0.1

@@ -118,7 +118,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     with BlockingTlsServer(ca.server_context(issued)) as tls:
         metrics_port, closed_port = free_port(), free_port()
         config = f"""\
-defaults: {{interval: 200ms, timeout: 200ms, failure_threshold: 2, success_threshold: 1}}
+defaults: {{interval: 200ms, timeout: 200ms, failure_threshold: 2, success_threshold: 1,
+           rtt_histogram: true}}
 maintenance:
   - {{name: test-window, start: {window[0].isoformat()}, end: {window[1].isoformat()},
      targets: [loopback]}}

@@ -7,7 +7,9 @@ import asyncio
 import gzip
 import http.client
 import logging
+import os
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from hostwatch import exposition
+from hostwatch import exposition, segments
 from hostwatch.config import parse_config
 from hostwatch.journal import SinkStats
 from hostwatch.metrics import DaemonView, HostwatchCollector, ReloadStatus, new_registry
@@ -28,9 +30,9 @@ from hostwatch.watch import Watch, Watches
 from hostwatch.web import ListenAddress, WebServer
 
 CONFIG = """\
-defaults: {labels: {team: "ops \\"blue\\" \\\\ 2"}}
+defaults: {labels: {team: "ops \\"blue\\" \\\\ 2"}, rtt_histogram: true}
 targets:
-  - {name: plain, host: 127.0.0.1, probes: {icmp: }}
+  - {name: plain, host: 127.0.0.1, probes: {icmp: }, rtt_histogram: false}
   - {name: labelled, host: 127.0.0.2, probes: {icmp: , tcp: {port: 22}},
      labels: {role: db, zone: a, aaa: first}}
   - {name: both, host: "::1", ip_protocol: dual, probes: {icmp: }}
@@ -89,6 +91,14 @@ class TestSameBytes:
         """Every per-target and daemon-wide family, byte for byte."""
         registry = _registry(watches)
         assert generate_latest(registry) == exposition.render(registry)
+
+    def test_histogram_only_where_asked(self, watches: list[Watch]) -> None:
+        """`rtt_histogram: false` (target `plain`) leaves out its histogram, nothing else."""
+        body = exposition.render(_registry(watches)).decode()
+        histogram = {line.split('target="')[1].split('"')[0] for line in body.splitlines()
+                     if line.startswith("hostwatch_probe_rtt_seconds_bucket")}
+        assert histogram == {"labelled", "both", "quiet"}
+        assert 'hostwatch_probe_sent_total{ip="127.0.0.1",probe="icmp",target="plain"' in body
 
     def test_equal_with_process_metrics(self, watches: list[Watch]) -> None:
         """With the daemon's own registry (process_* included), all but the CPU line match."""
@@ -165,14 +175,30 @@ class TestScraper:
         assert expected == _collect(scraper, gzipped=False)
         assert expected == gzip.decompress(_collect(scraper, gzipped=True))
 
+    def test_process_metrics_are_the_daemons(self, watches: list[Watch]) -> None:
+        """process_* in a forked render describe the daemon, not the child: the start time
+        is the daemon's, and the CPU seconds include what the daemon used before the fork."""
+        registry = new_registry(_view(watches))
+        before = sum(os.times()[:2])
+        body = _collect(exposition.Scraper(registry, fork=True), gzipped=False).decode()
+        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines()
+                  if line.startswith("process_")}
+        with open("/proc/self/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith("btime"))
+        assert values["process_start_time_seconds"] == boot + ticks / os.sysconf("SC_CLK_TCK")
+        assert values["process_cpu_seconds_total"] >= before - 0.02  # /proc's 10 ms ticks
+
     def test_failed_child_aborts(self, watches: list[Watch],
                                  monkeypatch: pytest.MonkeyPatch) -> None:
         """A render that fails in the child is an aborted response, not a short body."""
-        def broken(_registry: CollectorRegistry) -> Iterator[bytes]:
+        def broken(_registry: CollectorRegistry, _part: int = 0,
+                   _parts: int = 1) -> Iterator[bytes | None]:
             yield b"# partial\n"
             raise RuntimeError("boom")
 
-        monkeypatch.setattr(exposition, "render_chunks", broken)
+        monkeypatch.setattr(exposition, "render_segments", broken)
         scraper = exposition.Scraper(_registry(watches))
         with pytest.raises(ConnectionAbortedError):
             _collect(scraper, gzipped=False)
@@ -241,3 +267,81 @@ def _get(host: str, port: int, method: str, gz: bool) -> tuple[int, dict[str, st
         return response.status, headers, body
     finally:
         conn.close()
+
+
+def _interleaved(registry: CollectorRegistry, parts: int) -> bytes:
+    """Segment k of part 0, then of part 1, ...: how the renderers' output is joined."""
+    rendered = []
+    for part in range(parts):
+        segments: list[list[bytes]] = [[]]
+        for chunk in exposition.render_segments(registry, part, parts):
+            if chunk is None:
+                segments.append([])
+            else:
+                segments[-1].append(chunk)
+        rendered.append(segments)
+    longest = max(len(r) for r in rendered)
+    return b"".join(b"".join(r[k]) for k in range(longest) for r in rendered if k < len(r))
+
+
+class TestParallelRenderers:
+    @pytest.mark.parametrize("parts", [2, 3, 7])
+    def test_parts_joined_are_the_rendering(self, watches: list[Watch], parts: int) -> None:
+        """Shares of the watches rendered apart and joined segment by segment are the
+        whole rendering, byte for byte, even with more parts than watches."""
+        registry = _registry(watches)
+        assert exposition.render(registry) == _interleaved(registry, parts)
+
+    def test_unknown_family_parts(self, watches: list[Watch],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        """In the generate_latest fallback, part 0 writes everything, the others nothing."""
+        monkeypatch.setattr(exposition, "KNOWN", exposition.KNOWN[:-1])
+        registry = _registry(watches)
+        assert generate_latest(registry) == _interleaved(registry, 3)
+
+    @pytest.mark.parametrize("parts", [2, 3])
+    def test_forked_helpers_plain_and_gzip(self, watches: list[Watch], parts: int,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """With helper renderers the body is the rendering; gzipped, it is one gzip member
+        (what every HTTP client reads) that decompresses to it."""
+        monkeypatch.setattr(exposition, "parts_for", lambda _watches: parts)
+        registry = _registry([w for _ in range(50) for w in watches])
+        scraper = exposition.Scraper(registry)
+        expected = exposition.render(registry)
+        assert expected == _collect(scraper, gzipped=False)
+        body = _collect(scraper, gzipped=True)
+        member = zlib.decompressobj(31)
+        assert expected == member.decompress(body) + member.flush()
+        assert member.eof
+        assert member.unused_data == b""
+
+    def test_failed_helper_aborts(self, watches: list[Watch],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        """A helper that fails makes the scrape an aborted response, not a short body."""
+        real = exposition.render_segments
+
+        def broken(registry: CollectorRegistry, part: int = 0,
+                   parts: int = 1) -> Iterator[bytes | None]:
+            if part == 1:
+                raise RuntimeError("boom")
+            return real(registry, part, parts)
+
+        monkeypatch.setattr(exposition, "parts_for", lambda _watches: 2)
+        monkeypatch.setattr(exposition, "render_segments", broken)
+        with pytest.raises(ConnectionAbortedError):
+            _collect(exposition.Scraper(_registry(watches)), gzipped=True)
+
+    def test_parts_follow_cpus_and_size(self) -> None:
+        """One renderer for a small scrape, at most one per usable CPU and MAX_PARTS."""
+        cpus = len(os.sched_getaffinity(0))
+        assert exposition.parts_for(10) == 1
+        big = exposition.parts_for(100 * exposition.PART_WATCHES)
+        assert big == min(cpus, exposition.MAX_PARTS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000), st.binary(max_size=3000))
+def test_crc32_combine(first: bytes, second: bytes) -> None:
+    """crc32_combine gives zlib's CRC-32 of the concatenation."""
+    combined = segments.crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second))
+    assert combined == zlib.crc32(first + second)

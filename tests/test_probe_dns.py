@@ -213,6 +213,7 @@ defaults:
   timeout: 150ms
   failure_threshold: 2
   success_threshold: 2
+  rtt_histogram: true
 targets:
   - name: tls-web
     host: 127.0.0.1

@@ -39,7 +39,8 @@ from tls_certs import make_certs
 # 200 ms probes, DOWN after 2 failures and UP after 1 success: the state changes within a
 # second of the fault, so the tests wait on Prometheus, not on the daemon's hysteresis.
 CONFIG = """\
-defaults: {{interval: 200ms, timeout: 200ms, failure_threshold: 2, success_threshold: 1}}
+defaults: {{interval: 200ms, timeout: 200ms, failure_threshold: 2, success_threshold: 1,
+           rtt_histogram: true}}
 dns_servers: [127.0.0.1]
 targets:
   - name: loopback

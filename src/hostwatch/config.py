@@ -86,6 +86,8 @@ _EMBEDDED_SOURCE: Final = "<embedded default>"
 # and `${metrics_port}` the daemon's own metrics port (see `default_config`).
 DEFAULT_CONFIG_YAML: Final = """\
 # hostwatch embedded default: watch this machine's loopback and hostwatch's own metrics port.
+defaults:
+  rtt_histogram: true
 targets:
   - name: loopback-v4
     host: 127.0.0.1
@@ -148,6 +150,7 @@ _TOP_KEYS: Final = (
 _SETTING_KEYS: Final = (
     "interval", "timeout", "failure_threshold", "success_threshold", "window", "ip_protocol",
     "labels", "degraded_loss_ratio", "degraded_rtt", "flap_window", "flap_start", "flap_stop",
+    "rtt_histogram",
 )
 _TARGET_FILES_KEYS: Final = ("files", "probes", "refresh", *_SETTING_KEYS)
 _MAINTENANCE_KEYS: Final = ("name", "start", "end", "targets", "match_labels")
@@ -214,9 +217,11 @@ class ConfigError(Exception):
 # --- public functions -----------------------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the YAML file at `path`; raise `ConfigError` naming every problem."""
-    text, source, child = _begin(path)
+def load_config(path: str | os.PathLike[str], previous: Config | None = None) -> Config:
+    """Read and validate the YAML file at `path`; raise `ConfigError` naming every problem.
+    Targets equal to one of `previous` (the running config), at the same place in the file,
+    come back as that very object."""
+    text, source, child = _begin(path, previous)
     if child is None:
         return parse_config(text, source)
     with os.fdopen(child.fd, "rb") as pipe:
@@ -224,11 +229,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return child.result(data)
 
 
-async def load_config_async(path: str | os.PathLike[str]) -> Config:
+async def load_config_async(path: str | os.PathLike[str],
+                            previous: Config | None = None) -> Config:
     """`load_config` for the event loop: a large file is parsed in a forked child while the
     loop goes on (probes keep their schedule during a reload); only the unpickling of the
-    result runs in the loop."""
-    text, source, child = _begin(path)
+    result runs in the loop, and only of the targets not in `previous`."""
+    text, source, child = _begin(path, previous)
     if child is None:
         return parse_config(text, source)
     loop = asyncio.get_running_loop()
@@ -242,12 +248,36 @@ async def load_config_async(path: str | os.PathLike[str]) -> Config:
     return child.result(data)
 
 
-def _begin(path: str | os.PathLike[str]) -> tuple[str, str, _ParseChild | None]:
+def _begin(path: str | os.PathLike[str],
+           previous: Config | None) -> tuple[str, str, _ParseChild | None]:
     """The file's text and name, and the child parsing it if it is large enough for one."""
     source = os.fspath(path)
     text = _decode(source, _read_file(source))
     large = len(text) >= _PARSE_IN_CHILD_CHARS and hasattr(os, "fork")
-    return text, source, _ParseChild.start(text, source) if large else None
+    return text, source, _ParseChild.start(text, source, previous) if large else None
+
+
+def _pickle_keeping(result: Config | ConfigError, previous: Config | None) -> bytes:
+    """`result` pickled with each target that equals one of `previous` (the running config)
+    at the same place written as its index: the parent keeps its own object for it (no
+    unpickling, no second copy in memory)."""
+    if not isinstance(result, Config) or previous is None or not previous.targets:
+        return pickle.dumps((result, None), protocol=pickle.HIGHEST_PROTOCOL)
+    index = {(t, t.source): i for i, t in enumerate(previous.targets)}
+    targets = [index.get((t, t.source), t) for t in result.targets]
+    rest = dataclasses.replace(result, targets=())
+    return pickle.dumps((rest, targets), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _unpickle_keeping(data: bytes, previous: Config | None) -> Config | ConfigError:
+    loaded: Config | ConfigError
+    targets: list[TargetConfig | int] | None
+    loaded, targets = pickle.loads(data)  # noqa: S301  # our own child's pickle
+    if targets is None or isinstance(loaded, ConfigError):
+        return loaded
+    running = previous.targets if previous is not None else ()
+    kept = tuple(running[t] if isinstance(t, int) else t for t in targets)
+    return dataclasses.replace(loaded, targets=kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,16 +285,18 @@ class _ParseChild:
     """`parse_config` in a forked child, the result pickled back through a pipe. Parsing
     10,000 targets makes ~60 MB of short-lived objects (the YAML and located trees); Python
     keeps most freed memory in the process, so the daemon would keep that peak for good. The
-    child does instead; the parent only unpickles the Config. Same Config, same ConfigError;
-    if the child fails for any other reason, the parse runs in the caller."""
+    child does instead; the parent only unpickles the Config, and of its targets only those
+    that are not in the running config (`previous`). Same Config, same ConfigError; if the
+    child fails for any other reason, the parse runs in the caller."""
 
     pid: int
     fd: int
     text: str
     source: str
+    previous: Config | None
 
     @classmethod
-    def start(cls, text: str, source: str) -> _ParseChild:
+    def start(cls, text: str, source: str, previous: Config | None) -> _ParseChild:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: parse, write, exit; never back into the caller's code
@@ -279,12 +311,12 @@ class _ParseChild:
                 except ConfigError as err:
                     result = err
                 with os.fdopen(write_fd, "wb") as out:
-                    pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
+                    out.write(_pickle_keeping(result, previous))
                 code = 0
             finally:
                 os._exit(code)
         os.close(write_fd)
-        return cls(pid, read_fd, text, source)
+        return cls(pid, read_fd, text, source, previous)
 
     def result(self, data: bytes) -> Config:
         """The Config from the child's `data` (its pipe read to the end); reaps the child,
@@ -292,7 +324,7 @@ class _ParseChild:
         _, status = os.waitpid(self.pid, 0)
         if status != 0 or not data:
             return parse_config(self.text, self.source)
-        loaded: Config | ConfigError = pickle.loads(data)  # noqa: S301  # our own child's pickle
+        loaded = _unpickle_keeping(data, self.previous)
         if isinstance(loaded, ConfigError):
             raise loaded
         return loaded
@@ -1076,6 +1108,7 @@ class _Settings:
     flap_window: float | None = None
     flap_start: int | None = None
     flap_stop: int | None = None
+    rtt_histogram: bool | None = None
     interval_at: SourceLocation | None = None  # where written, even if invalid
     timeout_at: SourceLocation | None = None
     flap_at: SourceLocation | None = None  # where flap_start or flap_stop is written
@@ -1095,6 +1128,7 @@ class _Settings:
             flap_window=_or(self.flap_window, base.flap_window),
             flap_start=_or(self.flap_start, base.flap_start),
             flap_stop=_or(self.flap_stop, base.flap_stop),
+            rtt_histogram=_or(self.rtt_histogram, base.rtt_histogram),
         )
 
 
@@ -1102,7 +1136,12 @@ def _or(value: _T | None, fallback: _T) -> _T:
     return fallback if value is None else value
 
 
+_NO_SETTINGS: Final = _Settings()
+
+
 def _read_settings(section: _Section) -> _Settings:
+    if section.map.fields.keys().isdisjoint(_SETTING_KEYS):
+        return _NO_SETTINGS  # most targets set none: skip thirteen lookups
     return _Settings(
         interval=section.duration("interval", _INTERVAL),
         timeout=section.duration("timeout", _TIMEOUT),
@@ -1116,6 +1155,7 @@ def _read_settings(section: _Section) -> _Settings:
         flap_window=section.duration("flap_window", _FLAP_WINDOW),
         flap_start=section.integer("flap_start", _FLAP_START),
         flap_stop=section.integer("flap_stop", _FLAP_STOP),
+        rtt_histogram=_optional_flag(section, "rtt_histogram"),
         interval_at=section.at("interval"),
         timeout_at=section.at("timeout"),
         flap_at=section.at("flap_stop") or section.at("flap_start"),
@@ -1333,7 +1373,7 @@ def _read_target(
     section.allow(_TARGET_KEYS)
     name = _read_name(section, seen)
     host = _read_host(section)
-    probes = _read_probes(section)
+    probes = _read_probes(section, host)
     own = _read_settings(section)
     _check_timeout(context, own, defaults, path)
     _check_flap(context, own, defaults, path)
@@ -1361,6 +1401,7 @@ def _make_target(
         flap_window=_or(settings.flap_window, DEFAULTS.flap_window),
         flap_start=_or(settings.flap_start, DEFAULTS.flap_start),
         flap_stop=_or(settings.flap_stop, DEFAULTS.flap_stop),
+        rtt_histogram=_or(settings.rtt_histogram, DEFAULTS.rtt_histogram),
         source=at,
     )
 
@@ -1413,7 +1454,8 @@ def _host_value(section: _Section, key: str, node: _Node, hint: str) -> str | No
         return None
 
 
-def _read_probes(section: _Section) -> tuple[ProbeSpec, ...] | None:
+def _read_probes(section: _Section, host: str | None) -> tuple[ProbeSpec, ...] | None:
+    """The probes; `host` is the target's normalised host (None: none, or invalid)."""
     node = section.require("probes", "add at least one probe, such as `probes: {icmp: {}}`")
     if node is None:
         return None
@@ -1426,27 +1468,20 @@ def _read_probes(section: _Section) -> tuple[ProbeSpec, ...] | None:
         section.context.add(probes.map.at, probes.path, f"no probes; {todo}")
         return None
     kinds = [kind for kind in ProbeKind if kind.value in probes.map.fields]
-    host = _host_name(section)
-    specs = [_read_probe(probes, kind, host) for kind in kinds]
+    name = _dns_name_only(host)
+    specs = [_read_probe(probes, kind, name) for kind in kinds]
     if not specs or None in specs:
         return None
     return tuple(spec for spec in specs if spec is not None)
 
 
-def _host_name(section: _Section) -> str | None:
-    """The target's host if it is a valid DNS name (the default TLS server name), else None."""
-    node = section.get("host")
-    if not isinstance(node, _Leaf) or not isinstance(node.value, str):
+def _dns_name_only(host: str | None) -> str | None:
+    """The normalised `host` if it is a DNS name (the default TLS server name), else None.
+    Normalised, an IPv6 literal has a colon and an IPv4 literal only digits and dots (a DNS
+    name whose last label is all digits is refused)."""
+    if host is None or ":" in host or host.replace(".", "").isdigit():
         return None
-    try:
-        host = _normalise_host(node.value)
-    except ValueError:
-        return None
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return None
+    return host
 
 
 def _read_probe(probes: _Section, kind: ProbeKind, host: str | None) -> ProbeSpec | None:
@@ -1543,6 +1578,11 @@ def _flag(section: _Section, key: str, *, default: bool, report: bool = True) ->
     if report:
         _wrong_type(section.context, node, section.sub(key), "a boolean", "write true or false")
     return None
+
+
+def _optional_flag(section: _Section, key: str) -> bool | None:
+    """A boolean at `key`; None if absent, or if not a boolean (recorded)."""
+    return None if section.get(key) is None else _flag(section, key, default=False)
 
 
 def _readable_file(section: _Section, key: str) -> str | None:
@@ -1964,7 +2004,7 @@ def _read_file_group(context: _Context, node: _Node, path: str, defaults: _Setti
         return None
     section.allow(_TARGET_FILES_KEYS)
     patterns = _read_patterns(section)
-    probes = _read_probes(section)
+    probes = _read_probes(section, None)
     refresh = section.duration("refresh", _REFRESH)
     own = _read_settings(section)
     _check_timeout(context, own, defaults, path)

@@ -148,7 +148,7 @@ class Daemon:
         if path is None and not os.path.exists(DEFAULTS.config_file):
             static = default_config(self.options.listen.host, self._listen_port)
         else:
-            static = await load_config_async(path or DEFAULTS.config_file)
+            static = await load_config_async(path or DEFAULTS.config_file, self._static)
         fingerprint_now = fingerprint(static)
         config = discover(static)
         self._static, self._fingerprint = static, fingerprint_now

@@ -16,9 +16,12 @@ fall back to `generate_latest` for the whole scrape: slow, never wrong.
 Even so, 10,000 targets take a few hundred ms of CPU, which the event loop cannot spare: probe
 sends would wait. `Scraper` therefore forks: the child holds a copy-on-write snapshot of every
 watch as it was at the fork (so one scrape is consistent across families), renders and gzips
-it on the other core, and writes it to a pipe that the event loop relays to the client. The
-loop only pays for the fork (~1-2 ms). The child's CPU shows in the daemon's (children's)
-accounting. Where fork is impossible the render runs in the loop, as before.
+it on the other cores, and writes it to a pipe that the event loop relays to the client. The
+loop only pays for the fork (~1-2 ms). With enough watches the child forks helpers, one per
+usable CPU (`parts_for`): each renders a contiguous share of the watches, family by family
+(`render_segments`), and the child joins their segments in order (hostwatch.segments, which
+also joins their gzip output into one member). The children's CPU shows in the daemon's
+(children's) accounting. Where fork is impossible the render runs in the loop, as before.
 """
 
 from __future__ import annotations
@@ -29,9 +32,7 @@ import fcntl
 import gc
 import logging
 import os
-import queue
 import signal
-import threading
 import time
 import zlib
 from bisect import bisect_left
@@ -47,10 +48,11 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from hostwatch.metrics import HostwatchCollector, _Families, _watch_labels
+from hostwatch.segments import PIECE, FrameReader, Sink
 from hostwatch.state import Health
 from hostwatch.watch import Watch
 
-__all__ = ["Scraper", "render", "render_chunks"]
+__all__ = ["Scraper", "render", "render_chunks", "render_segments"]
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +188,7 @@ class _Writer:
         """The watch's labels, or (for the rare watch the templates cannot take: a label
         holding a placeholder character, other buckets) its families from metrics.py."""
         labels = _Labels(_watch_labels(watch))
-        if labels.plain() and watch.buckets == self.buckets:
+        if labels.plain() and watch.buckets in ((), self.buckets):
             return labels
         one = _Families(self.now)
         one.add(watch)
@@ -195,8 +197,6 @@ class _Writer:
     def first(self, watch: Watch, labels: _Labels | _Families) -> None:
         """Families FIRST: success, state, the RTT histogram."""
         st = watch.state
-        key = (watch.spec.kind, st.health)
-        self.kinds[key] = self.kinds.get(key, 0) + 1
         if isinstance(labels, _Families):
             self._slow(labels, range(FIRST))
             return
@@ -206,14 +206,13 @@ class _Writer:
             out[0].append(f"{P}success{{{base}}} {'1.0' if last.ok else '0.0'}\n")
         before, after = labels.s
         out[1].append(self.states[st.health].replace("\x01", before).replace("\x02", after))
-        out[2].append(self._histogram(labels, watch))
+        if watch.buckets:
+            out[2].append(self._histogram(labels, watch))
 
     def rest(self, watch: Watch, labels: _Labels | _Families) -> None:
         """The other per-target families."""
         st = watch.state
         last = st.last_result
-        if last is not None and (last.phases or last.tls is not None):
-            self.families.details.add(_watch_labels(watch), last)
         if isinstance(labels, _Families):
             self._slow(labels, range(FIRST, _DETAILS))
             return
@@ -237,13 +236,27 @@ class _Writer:
         changes = st.tracker.recent_changes(self.now)
         out[13].append(f"{P}flap_changes{{{base}}} {_count(changes)}\n")
 
-    def flush(self, metrics: Sequence[Metric], which: range) -> Iterator[bytes]:
-        """The text of the families `which`, header first; their lines are let go."""
+    def flush(self, metrics: Sequence[Metric], which: range,
+              headers: bool) -> Iterator[bytes | None]:
+        """The text of the families `which` (header first, if `headers`), each family a
+        segment; their lines are let go."""
         for i in which:
             metric, lines = metrics[i], self.out[i]
-            yield (_header(metric.name, metric.documentation, metric.type)
-                   + "".join(lines)).encode()
+            head = _header(metric.name, metric.documentation, metric.type) if headers else ""
+            yield (head + "".join(lines)).encode()
+            yield None
             lines.clear()
+
+    def tail(self, watches: Iterable[Watch]) -> None:
+        """What is counted over every watch: hostwatch_targets and the probe details."""
+        kinds, details = self.kinds, self.families.details
+        for watch in watches:
+            st = watch.state
+            key = (watch.spec.kind, st.health)
+            kinds[key] = kinds.get(key, 0) + 1
+            last = st.last_result
+            if last is not None and (last.phases or last.tls is not None):
+                details.add(_watch_labels(watch), last)
 
     def _histogram(self, labels: _Labels, watch: Watch) -> str:
         st = watch.state
@@ -325,40 +338,61 @@ def _others(registry: CollectorRegistry, ours: HostwatchCollector) -> bytes:
     return generate_latest(_Fixed(m for c in collectors if c is not ours for m in c.collect()))
 
 
-def render_chunks(registry: CollectorRegistry) -> Iterator[bytes]:
-    """The exposition of `registry`, as generate_latest would write it, in pieces."""
+def render_segments(registry: CollectorRegistry, part: int = 0,
+                    parts: int = 1) -> Iterator[bytes | None]:
+    """Part `part` of `parts` of the exposition of `registry`, in segments (None ends one).
+
+    Every part yields the same number of segments, one per per-target family and one for the
+    rest, and writes the lines of its share of the watches (a contiguous slice, in order);
+    part 0 also writes the family headers and the rest. Segment k of part 0, then of part 1,
+    ... is the exposition generate_latest would write. So parts can render in parallel."""
     collector = _hostwatch_collector(registry)
     now = time.time()
     families = _Families(now)
     metrics = families.all()
     names = tuple(m.name.removeprefix(P) for m in metrics)
     if collector is None or names != KNOWN:
+        if part != 0:
+            return  # part 0 writes it all; the other parts' segments are empty
         if collector is not None:
             log.warning("metrics.py has families exposition.py does not know (%s); "
                         "rendering with prometheus-client", ", ".join(sorted(set(names) -
                                                                             set(KNOWN))))
         yield generate_latest(registry)
+        yield None
         return
-    yield from _render(collector, families, metrics, now)
-    yield _others(registry, collector)
+    yield from _render(collector, families, now, part, parts)
+    if part == 0:
+        yield _others(registry, collector)
+    yield None
 
 
-def _render(collector: HostwatchCollector, families: _Families, metrics: Sequence[Metric],
-            now: float) -> Iterator[bytes]:
+def render_chunks(registry: CollectorRegistry) -> Iterator[bytes]:
+    """The exposition of `registry`, as generate_latest would write it, in pieces."""
+    return (chunk for chunk in render_segments(registry) if chunk is not None)
+
+
+def _render(collector: HostwatchCollector, families: _Families, now: float, part: int,
+            parts: int) -> Iterator[bytes | None]:
     """Two passes over the watches, so that the first families can be sent (and compressed)
     while the others are rendered."""
+    metrics = families.all()
     watches = list(collector.view.watches())
-    buckets = watches[0].buckets if watches else ()  # the config's, shared by every watch
+    # The config's, shared by every watch that has a histogram.
+    buckets = next((w.buckets for w in watches if w.buckets), ())
+    share = watches[len(watches) * part // parts:len(watches) * (part + 1) // parts]
     writer = _Writer(families, buckets, now)
-    labels = [writer.prepare(w) for w in watches]
-    for watch, label in zip(watches, labels, strict=True):
+    labels = [writer.prepare(w) for w in share]
+    for watch, label in zip(share, labels, strict=True):
         writer.first(watch, label)
-    yield from writer.flush(metrics, range(FIRST))
-    for watch, label in zip(watches, labels, strict=True):
+    yield from writer.flush(metrics, range(FIRST), part == 0)
+    for watch, label in zip(share, labels, strict=True):
         writer.rest(watch, label)
-    yield from writer.flush(metrics, range(FIRST, _DETAILS))
-    yield generate_latest(_Fixed(metrics[_DETAILS:]))
-    yield generate_latest(_Fixed(collector.daemon_families(writer.counts)))
+    yield from writer.flush(metrics, range(FIRST, _DETAILS), part == 0)
+    if part == 0:
+        writer.tail(watches)
+        yield generate_latest(_Fixed(metrics[_DETAILS:]))
+        yield generate_latest(_Fixed(collector.daemon_families(writer.counts)))
 
 
 def render(registry: CollectorRegistry) -> bytes:
@@ -369,8 +403,9 @@ def render(registry: CollectorRegistry) -> bytes:
 # --- rendering in a forked child --------------------------------------------------------------
 MAX_CHILDREN: Final = 2  # scrapes rendering at once; more wait for a turn
 CHILD_TIMEOUT: Final = 60.0  # seconds a child may take before it is killed
-PIECE: Final = 256 * 1024  # bytes compressed and written at a time
 F_SETPIPE_SZ: Final = 1031
+MAX_PARTS: Final = 4  # renderers of one scrape, at most (one per usable CPU)
+PART_WATCHES: Final = 1000  # below this many watches per renderer, a second costs more
 
 
 class Scraper:
@@ -481,20 +516,106 @@ class _Child:
 
 
 def _child_main(registry: CollectorRegistry, fd: int, gzipped: bool) -> NoReturn:
-    """The forked child: render, write, exit. Never returns to the event loop's code."""
+    """The forked child: render (with helpers on the other CPUs), write, exit. Never returns
+    to the event loop's code."""
     code = 70
     try:
         _detach()
-        sink = _Sink(fd, gzipped)
+        helpers = _start_helpers(registry, gzipped)
+        sink = Sink(fd, gzipped, framed=False)
         try:
-            for chunk in render_chunks(registry):
-                sink.put(chunk)
+            for chunk in render_segments(registry, 0, len(helpers) + 1):
+                if chunk is not None:
+                    sink.put(chunk)
+                    continue
+                sink.end_segment()
+                for helper in helpers:
+                    helper.relay_segment(sink)
+            for helper in helpers:
+                helper.relay_segment(sink)  # nothing is left: sees the end of its pipe
         finally:
             sink.close()
-        code = 0
+        code = 0 if all(h.ended and h.wait() == 0 for h in helpers) else 70
     except BaseException as err:  # reported, then the child ends
         with contextlib.suppress(OSError):
             os.write(2, f"hostwatch: rendering /metrics failed: {err!r}\n".encode())
+    finally:
+        os._exit(code)
+
+
+def parts_for(watches: int) -> int:
+    """How many renderers share a scrape of `watches` watches: one per usable CPU (up to
+    MAX_PARTS), and one per PART_WATCHES watches at least."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = 1
+    return max(1, min(cpus, MAX_PARTS, watches // PART_WATCHES))
+
+
+class _Helper(FrameReader):
+    """A helper renderer forked by the child: its pid and the read end of its frames."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        super().__init__(fd)
+        self.pid = pid
+
+    def wait(self) -> int:
+        self.close()
+        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+
+def _start_helpers(registry: CollectorRegistry, gzipped: bool) -> list[_Helper]:
+    """Fork the helpers (parts 1..n-1); none if the scrape is small or fork fails."""
+    collector = _hostwatch_collector(registry)
+    watches = sum(1 for _ in collector.view.watches()) if collector is not None else 0
+    parts = parts_for(watches)
+    helpers: list[_Helper] = []
+    for part in range(1, parts):
+        read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write_fd, F_SETPIPE_SZ, 1024 * 1024)
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            break  # fewer parts than planned would leave watches out: render alone
+        if pid == 0:
+            os.close(read_fd)
+            for helper in helpers:
+                helper.close()
+            _helper_main(registry, write_fd, part, parts, gzipped)
+        os.close(write_fd)
+        helpers.append(_Helper(pid, read_fd))
+    else:
+        return helpers
+    for helper in helpers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper.pid, signal.SIGKILL)
+        helper.wait()
+    return []
+
+
+def _helper_main(registry: CollectorRegistry, fd: int, part: int, parts: int,
+                 gzipped: bool) -> NoReturn:
+    """A helper: render part `part` of `parts` as frames for the child, exit."""
+    code = 70
+    try:
+        sink = Sink(fd, gzipped, framed=True)
+        try:
+            for chunk in render_segments(registry, part, parts):
+                if chunk is None:
+                    sink.end_segment()
+                else:
+                    sink.put(chunk)
+        finally:
+            sink.close()
+        code = 0
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.write(2, f"hostwatch: rendering /metrics (part {part}) failed: {err!r}\n"
+                     .encode())
     finally:
         os._exit(code)
 
@@ -508,45 +629,3 @@ def _detach() -> None:
     gc.disable()
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
-class _Sink:
-    """Compresses (if asked) and writes in a thread, so that the next families are rendered
-    meanwhile: zlib and write() release the GIL."""
-
-    def __init__(self, fd: int, gzipped: bool) -> None:
-        self._fd = fd
-        self._z = zlib.compressobj(1, zlib.DEFLATED, 31) if gzipped else None
-        self._queue: queue.Queue[memoryview | None] = queue.Queue(maxsize=64)
-        self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name="metrics-writer")
-        self._thread.start()
-
-    def put(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        for start in range(0, len(view), PIECE):
-            self._queue.put(view[start:start + PIECE])
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        os.close(self._fd)
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        z = self._z
-        while (piece := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    _write_all(self._fd, z.compress(piece) if z is not None else piece)
-                except OSError as err:  # the parent went away: keep draining, report at close
-                    self._error = err
-        if z is not None and self._error is None:
-            _write_all(self._fd, z.flush())
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

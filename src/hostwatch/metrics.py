@@ -7,6 +7,7 @@ and metrics are a view. No `_created` series are produced.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -114,7 +115,8 @@ class _Families:
         self.success = m(P + "probe_success", "1 if the last probe succeeded, else 0.", "gauge")
         self.state = m(P + "probe_state",
                        "Current state of the probe: 1 for the state in the label.", "gauge")
-        self.rtt = m(P + "probe_rtt_seconds", "Round-trip time of successful probes.",
+        self.rtt = m(P + "probe_rtt_seconds",
+                     "Round-trip time of successful probes (targets with rtt_histogram).",
                      "histogram")
         self.last_rtt = m(P + "probe_last_rtt_seconds",
                           "Round-trip time of the last successful probe.", "gauge")
@@ -169,6 +171,8 @@ class _Families:
                                      float(st.tracker.recent_changes(self.now)))
 
     def _histogram(self, labels: dict[str, str], watch: Watch) -> None:
+        if not watch.buckets:
+            return  # rtt_histogram: false
         st = watch.state
         cumulative = 0
         bounds = (*watch.buckets, float("inf"))
@@ -296,8 +300,12 @@ def _single(name: str, doc: str, kind: str, labels: dict[str, str], value: float
 
 
 def new_registry(view: DaemonView) -> CollectorRegistry:
-    """A fresh registry with the hostwatch collector and process metrics (process_*)."""
+    """A fresh registry with the hostwatch collector and process metrics (process_*).
+
+    process_* reads /proc/<this pid>, not /proc/self: /metrics is rendered in a forked child
+    (hostwatch.exposition), whose own CPU time, memory and start time are not the daemon's."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HostwatchCollector(view))
-    ProcessCollector(registry=registry)
+    daemon = os.getpid()
+    ProcessCollector(registry=registry, pid=lambda: daemon)
     return registry

@@ -113,7 +113,7 @@ class _Window:
 
 
 class ProbeState:
-    """Health, counters, RTT histogram and window of one target's probe."""
+    """Health, counters, RTT histogram (if it has buckets) and window of one target's probe."""
 
     __slots__ = (
         "_window", "bucket_counts", "buckets", "failures", "last_ip", "last_result",
@@ -163,8 +163,9 @@ class ProbeState:
 
     def _success(self, rtt: float) -> None:
         self.received += 1
-        self.bucket_counts[bisect_left(self.buckets, rtt)] += 1
-        self.rtt_sum += rtt
+        if self.buckets:
+            self.bucket_counts[bisect_left(self.buckets, rtt)] += 1
+            self.rtt_sum += rtt
         self._window.push(rtt)
 
     def _failure(self, reason: Reason) -> None:

@@ -38,6 +38,7 @@ class Watch:
 
     def __init__(self, target: TargetConfig, spec: ProbeSpec, protocol: IpProtocol,
                  buckets: tuple[float, ...]) -> None:
+        """`buckets`: the RTT histogram's upper bounds; empty for no histogram."""
         self.target = target
         self.spec = spec
         self.protocol = protocol
@@ -98,8 +99,8 @@ class Watches:
             windows = tuple(w for w in config.maintenance if w.selects(target))
             for spec in target.probes:
                 for protocol in target.ip_protocol.families():
-                    watch = cls._reuse_or_new(old, target, spec, protocol,
-                                              config.histogram_buckets)
+                    buckets = config.histogram_buckets if target.rtt_histogram else ()
+                    watch = cls._reuse_or_new(old, target, spec, protocol, buckets)
                     watch.maintenance = windows
                     out.append(watch)
         return cls(out)
@@ -108,6 +109,8 @@ class Watches:
     def _reuse_or_new(old: Mapping[WatchKey, Watch], target: TargetConfig, spec: ProbeSpec,
                       protocol: IpProtocol, buckets: tuple[float, ...]) -> Watch:
         kept = old.get((target.name, spec.kind, protocol))
+        if kept is not None and kept.target is target and kept.buckets == buckets:
+            return kept  # the very same definition (a reload keeps unchanged targets' objects)
         if kept is not None and kept.can_adopt(target, spec, buckets):
             kept.adopt(target)
             return kept
