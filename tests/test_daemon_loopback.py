@@ -101,7 +101,9 @@ class TestLoopbackDaemon:
         unchanged target keeps its counters while a removed one's series disappear."""
         with running(tmp_path, _config(listener, free_port())) as daemon:
             daemon.wait_for(_all_settled, what="all targets settled")
-            sent = daemon.scrape().value("hostwatch_probe_sent_total", target="lo-1")
+            before = daemon.scrape()
+            sent = before.value("hostwatch_probe_sent_total", target="lo-1")
+            assert before.find("hostwatch_probe_rtt_seconds_bucket", target="lo-1")
             daemon.config_path.write_text("targets:\n  - name: x\n    hots: 127.0.0.1\n")
             daemon.signal(signal.SIGHUP)
             bad = daemon.wait_for(
@@ -116,7 +118,9 @@ class TestLoopbackDaemon:
             good = daemon.wait_for(
                 lambda s: s.value("hostwatch_config_last_reload_successful") == 1.0,
                 what="successful reload")
+        # The new file leaves rtt_histogram out: the histogram goes, the counters stay.
         assert good.value("hostwatch_probe_sent_total", target="lo-1") >= sent
+        assert [] == good.find("hostwatch_probe_rtt_seconds_bucket", target="lo-1")
         assert [] == good.find("hostwatch_probe_state", target="lo-2")
         assert "hots" in daemon.stderr()
         assert "did you mean" in daemon.stderr()

@@ -6,8 +6,10 @@ import math
 
 import pytest
 
+from hostwatch.config import parse_config
 from hostwatch.probes.base import ProbeResult, Reason
 from hostwatch.state import Health, Policy, ProbeState
+from hostwatch.watch import Watches
 
 BUCKETS = (0.001, 0.01, 0.1)
 OK = ProbeResult(Reason.OK, "127.0.0.1", rtt=0.0005)
@@ -120,3 +122,27 @@ class TestWindow:
         assert (50, 1_000_000) == (stats.size, state.sent)
         assert 12 / 50 == stats.loss_ratio  # the window starts mid-pattern: OK, OK, then 12 periods
         assert pytest.approx(0.0005) == stats.rtt_mean
+
+
+class TestHistogramSwitch:
+    def test_switching_keeps_the_watch_and_counters(self) -> None:
+        """A reload that turns rtt_histogram off and on again keeps the watch, its health
+        and counters; only the histogram goes, and comes back empty."""
+        def config(histogram: str) -> str:
+            return ("targets:\n  - {name: a, host: 127.0.0.1, probes: {icmp: }, "
+                    f"rtt_histogram: {histogram}}}\n")
+
+        first = Watches.build(parse_config(config("true"), "t.yml"))
+        (watch,) = first
+        for i in range(5):
+            watch.state.record(ProbeResult(Reason.OK, "127.0.0.1", rtt=1e-4), 1.7e9 + i)
+        assert sum(watch.state.bucket_counts) == 5
+        off = Watches.build(parse_config(config("false"), "t.yml"), first)
+        assert [watch] == list(off)
+        assert (watch.buckets, watch.state.received, watch.state.health) == ((), 5, Health.UP)
+        watch.state.record(ProbeResult(Reason.OK, "127.0.0.1", rtt=1e-4), 1.7e9 + 5)
+        on = Watches.build(parse_config(config("true"), "t.yml"), off)
+        assert [watch] == list(on)
+        assert watch.buckets
+        assert (sum(watch.state.bucket_counts), watch.state.rtt_sum) == (0, 0.0)
+        assert watch.state.received == 6

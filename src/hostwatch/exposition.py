@@ -457,17 +457,8 @@ class _Child:
 
     @classmethod
     def fork(cls, registry: CollectorRegistry, gzipped: bool) -> _Child:
-        read_fd, write_fd = os.pipe()
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(write_fd, F_SETPIPE_SZ, 1024 * 1024)
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(read_fd)
-            os.close(write_fd)
-            raise
+        pid, read_fd, write_fd = _fork_with_pipe()
         if pid == 0:
-            os.close(read_fd)
             _child_main(registry, write_fd, gzipped)
         os.close(write_fd)
         return cls(pid, read_fd)
@@ -513,6 +504,23 @@ class _Child:
         _, status = os.waitpid(self.pid, 0)
         self._reaped = True
         return os.waitstatus_to_exitcode(status)
+
+
+def _fork_with_pipe() -> tuple[int, int, int]:
+    """fork() with a pipe (1 MiB where allowed) from the child to the parent: (pid, read end,
+    write end); in the child the read end is already closed, pid is 0."""
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_fd, F_SETPIPE_SZ, 1024 * 1024)
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
+    if pid == 0:
+        os.close(read_fd)
+    return pid, read_fd, write_fd
 
 
 def _child_main(registry: CollectorRegistry, fd: int, gzipped: bool) -> NoReturn:
@@ -572,17 +580,11 @@ def _start_helpers(registry: CollectorRegistry, gzipped: bool) -> list[_Helper]:
     parts = parts_for(watches)
     helpers: list[_Helper] = []
     for part in range(1, parts):
-        read_fd, write_fd = os.pipe()
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(write_fd, F_SETPIPE_SZ, 1024 * 1024)
         try:
-            pid = os.fork()
+            pid, read_fd, write_fd = _fork_with_pipe()
         except OSError:
-            os.close(read_fd)
-            os.close(write_fd)
             break  # fewer parts than planned would leave watches out: render alone
         if pid == 0:
-            os.close(read_fd)
             for helper in helpers:
                 helper.close()
             _helper_main(registry, write_fd, part, parts, gzipped)

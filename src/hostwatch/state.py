@@ -134,6 +134,12 @@ class ProbeState:
         self.rtt_sum = 0.0
         self._window = _Window(window)
 
+    def set_buckets(self, buckets: tuple[float, ...]) -> None:
+        """A new (or no) RTT histogram, empty; everything else stays."""
+        self.buckets = buckets
+        self.bucket_counts = [0] * (len(buckets) + 1)
+        self.rtt_sum = 0.0
+
     @property
     def health(self) -> Health:
         return self.tracker.public.health

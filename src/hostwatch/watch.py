@@ -69,18 +69,21 @@ class Watch:
     def active_maintenance(self, now: float) -> MaintenanceWindow | None:
         return next((w for w in self.maintenance if w.active(now)), None)
 
-    def can_adopt(self, target: TargetConfig, spec: ProbeSpec,
-                  buckets: tuple[float, ...]) -> bool:
-        """True if the state stays meaningful under the new definition: same address, probe,
-        window and buckets. Labels, thresholds, interval and timeout may change."""
+    def can_adopt(self, target: TargetConfig, spec: ProbeSpec) -> bool:
+        """True if the state stays meaningful under the new definition: same address, probe
+        and window. Labels, thresholds, interval, timeout and the histogram may change."""
         old = self.target
-        return (old.host, old.ip_protocol, old.window, self.spec, self.buckets) == (
-            target.host, target.ip_protocol, target.window, spec, buckets)
+        return (old.host, old.ip_protocol, old.window, self.spec) == (
+            target.host, target.ip_protocol, target.window, spec)
 
-    def adopt(self, target: TargetConfig) -> None:
-        """Take the new definition, keeping health, counters and window."""
+    def adopt(self, target: TargetConfig, buckets: tuple[float, ...]) -> None:
+        """Take the new definition, keeping health, counters and window; the RTT histogram
+        starts over if its buckets changed (or it was switched on or off)."""
         self.target = target
         self.state.tracker.set_policy(Policy.of(target))
+        if buckets != self.buckets:
+            self.buckets = buckets
+            self.state.set_buckets(buckets)
 
 
 class Watches:
@@ -111,8 +114,8 @@ class Watches:
         kept = old.get((target.name, spec.kind, protocol))
         if kept is not None and kept.target is target and kept.buckets == buckets:
             return kept  # the very same definition (a reload keeps unchanged targets' objects)
-        if kept is not None and kept.can_adopt(target, spec, buckets):
-            kept.adopt(target)
+        if kept is not None and kept.can_adopt(target, spec):
+            kept.adopt(target, buckets)
             return kept
         return Watch(target, spec, protocol, buckets)
 
