@@ -115,6 +115,7 @@ _BUCKETS_MAX: Final = 40
 _DURATION_TEXT_MAX: Final = 64
 
 _YAML_TAG: Final = "tag:yaml.org,2002:"
+_STR_TAG: Final = _YAML_TAG + "str"
 _SCALAR_TAGS: Final = frozenset(
     _YAML_TAG + name for name in ("null", "bool", "int", "float", "str", "timestamp")
 )
@@ -718,8 +719,13 @@ class _Converter:
 
     def mapping(self, node: yaml.MappingNode, at: SourceLocation, path: str) -> _Map:
         fields: dict[str, _Field] = {}
+        anchored = self.loader.anchored
         for key_node, value_node in node.value:
-            key = self.key(key_node, path)
+            if (type(key_node) is yaml.ScalarNode and key_node.tag == _STR_TAG
+                    and id(key_node) not in anchored):
+                key: str | None = key_node.value  # a plain string key: nothing to check
+            else:
+                key = self.key(key_node, path)
             if key is None:
                 continue
             key_at = self.context.at(key_node.start_mark)

@@ -96,7 +96,8 @@ class Daemon:
             slots=lambda: self.scheduler.slot_count)
         self.web = WebServer(new_registry(self.view), self.reload, lambda: self.ready,
                              lambda: targets_document(self.watches),
-                             lambda query: render_status_page(self.watches, query))
+                             lambda query: render_status_page(self.watches, query),
+                             quiet=self.scheduler.between_slots)
         self.ready = False
         self.stop_event = asyncio.Event()
         self.fatal: BaseException | None = None
@@ -186,9 +187,11 @@ class Daemon:
         self._ensure_icmp(config)
         self.resolver.set_refresh(config.dns_refresh)
         self.resolver.set_servers(config.dns_servers)
-        await self.resolver.update({(t.host, p) for t in config.targets
-                                    for p in t.ip_protocol.families()})
         watches = Watches.build(config, self.watches)
+        # Names only (an address literal is parsed once per watch, when the watch is made),
+        # and only the ones this instance probes (a shard leaves the others alone).
+        await self.resolver.update({(w.target.host, w.protocol) for w in watches
+                                    if w.fixed is None})
         self.scheduler.apply(watches)
         self.watches = watches
         self.config = config

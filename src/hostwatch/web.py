@@ -85,9 +85,11 @@ class WebServer:
     def __init__(self, registry: CollectorRegistry,
                  reload: Callable[[], Awaitable[tuple[bool, str]]],
                  ready: Callable[[], bool], targets_json: Callable[[], bytes],
-                 status_html: Callable[[str], bytes]) -> None:
+                 status_html: Callable[[str], bytes], *,
+                 quiet: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`quiet`: awaited before /metrics forks its renderer (see exposition.Scraper)."""
         self._registry = registry
-        self._scraper = Scraper(registry)
+        self._scraper = Scraper(registry, quiet=quiet)
         self._targets_json = targets_json
         self._status_html = status_html
         self._reload = reload
