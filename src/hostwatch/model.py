@@ -10,6 +10,7 @@ import enum
 import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "DEFAULTS",
@@ -62,9 +63,10 @@ class IcmpMode(enum.StrEnum):
     DGRAM = "dgram"
 
 
-@dataclass(frozen=True, slots=True)
-class SourceLocation:
-    """Where a value came from, for messages: `hostwatch.yml:12:5`."""
+class SourceLocation(NamedTuple):
+    """Where a value came from, for messages: `hostwatch.yml:12:5`. A NamedTuple, not a
+    frozen dataclass: the parser makes one per YAML node (~100,000 for 10,000 targets), and
+    a tuple is made in half the time."""
 
     file: str
     line: int  # 1-based
