@@ -9,7 +9,7 @@ gzip: every renderer compresses its own segments as raw deflate ending with a fu
 back-reference into another segment, byte-aligned), and reports each segment's CRC-32 and
 length. The joiner writes one gzip member around them: its header, the segments in order, a
 final empty block, then the CRC-32 of the whole (combined from the segments' CRCs) and its
-length. One member, as every HTTP client expects, compressed on all the cores.
+length. One member, as every HTTP client expects, compressed by every renderer at once.
 
 Frames from a helper: `<I length><bytes>`, and at the end of a segment
 `<I 0xFFFFFFFF><I crc32><Q length of the plain text>`. The end of the pipe ends the helper's
@@ -82,9 +82,10 @@ class Sink:
 
     def __init__(self, fd: int, gzipped: bool, *, framed: bool) -> None:
         self._fd = fd
-        self._gzipped, self._framed = gzipped, framed
+        self._framed = framed
         self._z = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -15) if gzipped else None
-        self._crc, self._length = 0, 0  # of the plain text: the body's, or the segment's
+        # CRC-32 (gzip only) and length of the plain text: the body's, or the segment's
+        self._crc, self._length = 0, 0
         self._queue: queue.Queue[tuple[int, bytes | memoryview, int, int]] = queue.Queue(64)
         self._error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="metrics-writer")
@@ -136,9 +137,12 @@ class Sink:
                 length: int) -> bytes | memoryview:
         z = self._z
         if kind == _TEXT:
-            self._crc = zlib.crc32(data, self._crc)
             self._length += len(data)
-            out = z.compress(data) if z is not None else data
+            if z is None:
+                out: bytes | memoryview = data
+            else:
+                self._crc = zlib.crc32(data, self._crc)
+                out = z.compress(data)
             return _HEAD.pack(len(out)) + out if self._framed and out else out
         if kind == _RAW:
             return data
