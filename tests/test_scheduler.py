@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from hostwatch import scheduler as scheduler_module
 from hostwatch.config import parse_config
 from hostwatch.scheduler import SlotScheduler, slot_of, slots_for
 from hostwatch.watch import Watch, Watches
+
+
+@pytest.fixture(autouse=True)
+def _no_heap_settling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply() freezes the heap out of the cyclic GC (for the daemon); not in the test run."""
+    monkeypatch.setattr(scheduler_module, "settle_heap", lambda: None)
 
 
 def _watches(count: int, interval: str) -> list[Watch]:
