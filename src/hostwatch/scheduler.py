@@ -62,12 +62,6 @@ class SchedulerStats:
 QUIET_NEED = 0.010  # seconds of a quiet event loop `between_slots` waits for by default
 
 
-def interval_grace(slot_width: float) -> float:
-    """How long after its time a slot that has not fired counts as due (later, it was
-    skipped: APScheduler's own misfire handling takes over)."""
-    return 2 * slot_width
-
-
 def slots_for(interval: float, slot_width: float, max_slots: int) -> int:
     return max(1, min(max_slots, round(interval / slot_width)))
 
@@ -174,7 +168,8 @@ class SlotScheduler:
             previous = offset + math.floor((now - offset) / interval) * interval
             latest = max(latest, previous)
             soonest = min(soonest, previous + interval)
-        if latest > self._fired_up_to and now - latest < interval_grace(self._slot_width):
+        # A slot not fired two slot widths after its time was skipped (APScheduler counts it).
+        if latest > self._fired_up_to and now - latest < 2 * self._slot_width:
             return 0.0
         return soonest - now
 

@@ -33,7 +33,7 @@ TransitionListener = Callable[["Watch", Transition], None]
 class Watch:
     """One probe of one target (per address family for `ip_protocol: dual`), with its state."""
 
-    __slots__ = ("buckets", "fixed", "in_flight", "maintenance", "protocol", "spec", "state",
+    __slots__ = ("fixed", "in_flight", "maintenance", "protocol", "spec", "state",
                  "target")
 
     def __init__(self, target: TargetConfig, spec: ProbeSpec, protocol: IpProtocol,
@@ -42,13 +42,17 @@ class Watch:
         self.target = target
         self.spec = spec
         self.protocol = protocol
-        self.buckets = buckets
         self.state = ProbeState(Policy.of(target), target.window, buckets)
         self.in_flight = False
         self.maintenance: tuple[MaintenanceWindow, ...] = ()
         # An IP literal resolves to itself: parsed once here, not at every probe (~4 µs).
         # Adopting a new definition keeps host and ip_protocol, so this stays right.
         self.fixed: Resolution | None = literal(target.host, protocol)
+
+    @property
+    def buckets(self) -> tuple[float, ...]:
+        """The RTT histogram's upper bounds (the state's); empty for no histogram."""
+        return self.state.buckets
 
     @property
     def key(self) -> WatchKey:
@@ -82,7 +86,6 @@ class Watch:
         self.target = target
         self.state.tracker.set_policy(Policy.of(target))
         if buckets != self.buckets:
-            self.buckets = buckets
             self.state.set_buckets(buckets)
 
 
