@@ -19,6 +19,7 @@ import datetime
 import difflib
 import enum
 import gc
+import hashlib
 import ipaddress
 import math
 import os
@@ -26,9 +27,9 @@ import pickle
 import re
 import signal
 import string
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias, TypeGuard, TypeVar
+from typing import Any, Final, TypeAlias, TypeGuard, TypeVar
 
 import dns.exception
 import dns.name
@@ -36,6 +37,9 @@ import dns.rcode
 import dns.rdatatype
 import yaml
 import yaml.composer
+import yaml.constructor
+import yaml.reader
+import yaml.resolver
 from yaml.reader import ReaderError
 
 try:
@@ -224,7 +228,7 @@ def load_config(path: str | os.PathLike[str], previous: Config | None = None) ->
     come back as that very object."""
     text, source, child = _begin(path, previous)
     if child is None:
-        return parse_config(text, source)
+        return parse_config(text, source, previous)
     with os.fdopen(child.fd, "rb") as pipe:
         data = pipe.read()
     return child.result(data)
@@ -237,7 +241,7 @@ async def load_config_async(path: str | os.PathLike[str],
     result runs in the loop, and only of the targets not in `previous`."""
     text, source, child = _begin(path, previous)
     if child is None:
-        return parse_config(text, source)
+        return parse_config(text, source, previous)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
     transport, _ = await loop.connect_read_pipe(
@@ -264,8 +268,17 @@ def _pickle_keeping(result: Config | ConfigError, previous: Config | None) -> by
     unpickling, no second copy in memory)."""
     if not isinstance(result, Config) or previous is None or not previous.targets:
         return pickle.dumps((result, None), protocol=pickle.HIGHEST_PROTOCOL)
-    index = {(t, t.source): i for i, t in enumerate(previous.targets)}
-    targets = [index.get((t, t.source), t) for t in result.targets]
+    index = {id(t): i for i, t in enumerate(previous.targets)}  # the ones parse_config kept
+    at = {t.source: i for i, t in enumerate(previous.targets)}
+    targets: list[TargetConfig | int] = []
+    for t in result.targets:
+        i = index.get(id(t))
+        if i is None:  # read again (the text around it changed): equal is as good
+            i = at.get(t.source)
+            if i is None or previous.targets[i] != t:
+                targets.append(t)
+                continue
+        targets.append(i)
     rest = dataclasses.replace(result, targets=())
     return pickle.dumps((rest, targets), protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -304,11 +317,12 @@ class _ParseChild:
             code = 70
             try:
                 os.close(read_fd)
+                gc.disable()  # a collection would scan the daemon's objects too; it exits soon
                 signal.set_wakeup_fd(-1)  # signals are the parent's business
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(signum, signal.SIG_DFL)
                 try:
-                    result: Config | ConfigError = parse_config(text, source)
+                    result: Config | ConfigError = parse_config(text, source, previous)
                 except ConfigError as err:
                     result = err
                 with os.fdopen(write_fd, "wb") as out:
@@ -324,38 +338,57 @@ class _ParseChild:
         which exits right after closing the pipe."""
         _, status = os.waitpid(self.pid, 0)
         if status != 0 or not data:
-            return parse_config(self.text, self.source)
+            return parse_config(self.text, self.source, self.previous)
         loaded = _unpickle_keeping(data, self.previous)
         if isinstance(loaded, ConfigError):
             raise loaded
         return loaded
 
 
-def parse_config(text: str, source: str) -> Config:
+def parse_config(text: str, source: str, previous: Config | None = None) -> Config:
     """Validate YAML `text`; `source` names it in messages and becomes `Config.source`.
 
     libyaml parses first; a text it rejects, one with problems, and one with a tab (where
     libyaml accepts more than PyYAML) are parsed again by PyYAML alone, so that what is
-    accepted and every message and location are exactly PyYAML's.
+    accepted and every message and location are exactly PyYAML's. A target of `previous`
+    (the running config) whose entry has the same text and defaults at the same place is
+    not read again: the result holds that very object.
     """
-    if _FAST_LOADER is not _Loader and "\t" not in text:
-        try:
-            config, context = _parse(text, source, _FAST_LOADER)
-        except yaml.YAMLError:
-            config = None
-        else:
-            if config is not None and not context.problems:
-                return config
-    config, context = _parse(text, source, _Loader)
+    kept = {t.source: t for t in previous.targets if t.text_digest and t.source is not None
+            } if previous is not None else {}
+    if _LIBYAML and "\t" not in text:
+        config = _parse_clean(text, source, kept)
+        if config is not None:
+            return config
+    config, context = _parse(text, source, _compose, kept)
     if config is None or context.problems:
         raise ConfigError(sorted(context.problems, key=_position))
     return config
 
 
-def _parse(text: str, source: str, loader: type[_Loader]) -> tuple[Config | None, _Context]:
-    context = _Context(source)
+def _parse_clean(text: str, source: str,
+                 kept: Mapping[SourceLocation, TargetConfig]) -> Config | None:
+    """The Config of a text libyaml reads without any problem, else None: one pass over its
+    events for the common file, libyaml's parser with PyYAML's composer for the rest."""
+    try:
+        try:
+            config, context = _parse(text, source, _compose_plain, kept)
+        except _NotPlainError:
+            config, context = _parse(text, source, _compose_fast, kept)
+    except yaml.YAMLError:
+        return None
+    return config if not context.problems else None
+
+
+def _compose_fast(context: _Context, text: str) -> _Node | None:
+    return _compose(context, text, _FAST_LOADER)
+
+
+def _parse(text: str, source: str, compose: Callable[[_Context, str], _Node | None],
+           kept: Mapping[SourceLocation, TargetConfig]) -> tuple[Config | None, _Context]:
+    context = _Context(source, previous=kept, text=text)
     with _gc_paused():
-        root = _compose(context, text, loader)
+        root = compose(context, text)
         config = _build_config(context, root)
     return config, context
 
@@ -552,10 +585,17 @@ _Node: TypeAlias = _Leaf | _Seq | _Map
 
 @dataclass(slots=True)
 class _Context:
-    """The problems found so far in one file."""
+    """The problems found so far in one file; for reading again only what changed since
+    `previous` (the running config's targets by location), the text and where its target
+    entries and `defaults` section lie in it (`spans`, id of the node → start and end; filled
+    by `_compose_plain` for an ASCII text)."""
 
     source: str
     problems: list[Problem] = field(default_factory=list)
+    previous: Mapping[SourceLocation, TargetConfig] = field(default_factory=dict)
+    text: str = ""
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)
+    defaults_span: tuple[int, int] | None = None
 
     def at(self, mark: yaml.Mark) -> SourceLocation:
         """PyYAML's 0-based mark as a 1-based location."""
@@ -619,6 +659,140 @@ if _LIBYAML:
             CParser.__init__(self, text)
 
     _FAST_LOADER = _FastLoader
+
+
+class _NotPlainError(Exception):
+    """The text needs a full composer: `_compose_plain` took it for something else."""
+
+
+_RESOLVER: Final = yaml.resolver.Resolver()
+# The first characters of a plain scalar that may make it something other than a string.
+_RESOLVED_FIRST: Final = frozenset(k for k in yaml.SafeLoader.yaml_implicit_resolvers if k)
+_PLAIN_DEPTH: Final = 16  # deeper than our schema: left to the composer that bounds depth
+
+
+def _compose_plain(context: _Context, text: str) -> _Node | None:
+    """The located tree of `text` in one pass over libyaml's events, for the common file:
+    one document, printable characters, string keys, each key once, no anchor, alias or tag,
+    nesting well under `_MAX_DEPTH`. Anything else raises `_NotPlainError` (a YAML error raises
+    YAMLError) and the file goes to the composers that report it. Makes the tree that
+    libyaml's parser, PyYAML's composer and `_Converter` make, in half their time
+    (tests/test_config_loader.py compares the trees)."""
+    if not _LIBYAML or "\t" in text or _NON_PRINTABLE.search(text):
+        raise _NotPlainError
+    return _PlainComposer(context, text.isascii()).compose(text)
+
+
+class _PlainComposer:
+    """`_compose_plain`'s state: one frame per open collection, `[at, fields or items,
+    pending key, its location, start index]`. With `spans` it records in the context where
+    each target entry and the `defaults` section lie (libyaml's indexes count bytes, so
+    only for an ASCII text, where they are also the string's)."""
+
+    __slots__ = ("constructor", "context", "root", "source", "spans", "stack")
+
+    def __init__(self, context: _Context, spans: bool) -> None:
+        self.context = context
+        self.source = context.source
+        self.spans = spans
+        self.stack: list[list[Any]] = []
+        self.root: _Node | None = None
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def compose(self, text: str) -> _Node | None:
+        get: Callable[[], Any] = CParser(text).get_event
+        get()  # StreamStart
+        if isinstance(get(), yaml.StreamEndEvent):
+            return None
+        scalar, mapping_start, sequence_start = (
+            yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent)
+        mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
+        while True:
+            event = get()
+            kind = type(event)
+            node: _Node | None
+            if kind is scalar:
+                node = self.scalar(event)
+            elif kind is mapping_start or kind is sequence_start:
+                self.open(event, {} if kind is mapping_start else [])
+                continue
+            elif kind is mapping_end or kind is sequence_end:
+                at, into, _, _, start = self.stack.pop()
+                node = _Map(at, into) if kind is mapping_end else _Seq(at, tuple(into))
+                if self.spans and len(self.stack) <= 2 and event.end_mark is not None:
+                    self.span(node, start, event.end_mark.index)
+            elif kind is yaml.DocumentEndEvent and not self.stack:
+                if not isinstance(get(), yaml.StreamEndEvent):
+                    raise _NotPlainError  # a second document
+                return self.root
+            else:
+                raise _NotPlainError  # an alias
+            if node is not None:
+                self.place(node)
+
+    def place(self, node: _Node) -> None:
+        """`node` as the root, the pending key's value, or the next item."""
+        if not self.stack:
+            self.root = node
+            return
+        top = self.stack[-1]
+        if type(top[1]) is dict:
+            top[1][top[2]] = _Field(top[3], node)
+            top[2] = None
+        else:
+            top[1].append(node)
+
+    def span(self, node: _Node, start: int, end: int) -> None:
+        """Records where `node` lies if it is a target entry or the `defaults` section."""
+        stack = self.stack
+        if len(stack) == 2 and stack[0][2] == "targets" and type(stack[1][1]) is list:
+            self.context.spans[id(node)] = (start, end)
+        elif len(stack) == 1 and stack[0][2] == "defaults":
+            self.context.defaults_span = (start, end)
+
+    def at(self, event: yaml.Event) -> SourceLocation:
+        mark = event.start_mark
+        if mark is None:
+            raise _NotPlainError
+        return SourceLocation(self.source, mark.line + 1, mark.column + 1)
+
+    def open(self, event: yaml.CollectionStartEvent, into: dict[str, _Field] | list[_Node],
+             ) -> None:
+        """A new frame for the collection `event` starts; its node comes at its end."""
+        stack = self.stack
+        if event.anchor is not None or event.tag is not None or len(stack) >= _PLAIN_DEPTH:
+            raise _NotPlainError
+        if stack and type(stack[-1][1]) is dict and stack[-1][2] is None:
+            raise _NotPlainError  # a collection as a key
+        mark = event.start_mark
+        if mark is None:
+            raise _NotPlainError
+        stack.append([SourceLocation(self.source, mark.line + 1, mark.column + 1), into, None,
+                      None, mark.index])
+
+    def scalar(self, event: yaml.ScalarEvent) -> _Leaf | None:
+        """The scalar's leaf, or None for a key (then pending in its mapping's frame)."""
+        if event.anchor is not None or event.tag is not None:
+            raise _NotPlainError
+        at, raw, tag = self.at(event), event.value, _STR_TAG
+        if event.implicit[0] and (not raw or raw[0] in _RESOLVED_FIRST):
+            tag = _RESOLVER.resolve(yaml.ScalarNode, raw, event.implicit)  # type: ignore[no-untyped-call]
+        top = self.stack[-1] if self.stack else None
+        if top is not None and type(top[1]) is dict and top[2] is None:
+            if tag != _STR_TAG or raw in top[1]:
+                raise _NotPlainError  # a key that is not a string, or a duplicate
+            top[2], top[3] = raw, at
+            return None
+        if tag == _STR_TAG:
+            return _Leaf(at, raw, raw)
+        try:
+            node = yaml.ScalarNode(tag, raw)
+            return _Leaf(at, self.constructor.construct_object(node), raw)
+        except (yaml.YAMLError, ValueError, OverflowError):
+            raise _NotPlainError from None
+
+
+_NON_PRINTABLE: Final = yaml.reader.Reader.NON_PRINTABLE  # what PyYAML's reader refuses
 
 
 def _compose(context: _Context, text: str,
@@ -1367,15 +1541,57 @@ def _read_targets(top: _Section, defaults: _Settings) -> tuple[TargetConfig, ...
         _wrong_type(top.context, node, "targets", "a list", "write `- name: ...` items")
         return None
     seen: dict[str, SourceLocation] = {}
-    found = [
-        _read_target(top.context, item, f"targets[{index}]", defaults, seen)
-        for index, item in enumerate(node.items)
-    ]
+    context = top.context
+    digests = _Digests(context)
+    found: list[TargetConfig | None] = []
+    for index, item in enumerate(node.items):
+        digest = digests.of(item)
+        kept = _unchanged(context, item, digest, seen)
+        found.append(kept if kept is not None else
+                     _read_target(context, item, f"targets[{index}]", defaults, seen,
+                                  digest=digest))
     return tuple(target for target in found if target is not None)
 
 
+class _Digests:
+    """Digests of target entries: the entry's text and the `defaults` section's (all a
+    target inherits from the file), for the entries whose place the composer recorded."""
+
+    __slots__ = ("base", "context")
+
+    def __init__(self, context: _Context) -> None:
+        self.context = context
+        span = context.defaults_span
+        self.base = hashlib.blake2b(digest_size=16)
+        self.base.update(context.text[span[0]:span[1]].encode() if span else b"")
+        self.base.update(b"\0")
+
+    def of(self, item: _Node) -> bytes:
+        span = self.context.spans.get(id(item))
+        if span is None:
+            return b""
+        digest = self.base.copy()
+        digest.update(self.context.text[span[0]:span[1]].encode())
+        return digest.digest()
+
+
+def _unchanged(context: _Context, item: _Node, digest: bytes,
+               seen: dict[str, SourceLocation]) -> TargetConfig | None:
+    """The running config's target for an entry with the same text and defaults at the same
+    place: reading it again would make an equal target (~50 µs each)."""
+    if not digest or not isinstance(item, _Map):
+        return None
+    kept = context.previous.get(item.at)
+    name = item.fields.get("name")
+    if kept is None or kept.text_digest != digest or name is None or kept.name in seen:
+        return None  # changed, or a duplicate name: read it and report
+    seen[kept.name] = name.node.at
+    return kept
+
+
 def _read_target(
-    context: _Context, node: _Node, path: str, defaults: _Settings, seen: dict[str, SourceLocation]
+    context: _Context, node: _Node, path: str, defaults: _Settings,
+    seen: dict[str, SourceLocation], *, digest: bytes = b"",
 ) -> TargetConfig | None:
     todo = "write the target as `name:`, `host:` and `probes:` keys"
     section = _open(context, node, path, "a mapping with `name`, `host` and `probes`", todo)
@@ -1390,11 +1606,12 @@ def _read_target(
     _check_flap(context, own, defaults, path)
     if name is None or host is None or probes is None:
         return None
-    return _make_target(name, host, probes, own.over(defaults), node.at)
+    return _make_target(name, host, probes, own.over(defaults), node.at, digest=digest)
 
 
 def _make_target(
-    name: str, host: str, probes: tuple[ProbeSpec, ...], settings: _Settings, at: SourceLocation
+    name: str, host: str, probes: tuple[ProbeSpec, ...], settings: _Settings, at: SourceLocation,
+    *, digest: bytes = b"",
 ) -> TargetConfig:
     return TargetConfig(
         name=name,
@@ -1414,6 +1631,7 @@ def _make_target(
         flap_stop=_or(settings.flap_stop, DEFAULTS.flap_stop),
         rtt_histogram=_or(settings.rtt_histogram, DEFAULTS.rtt_histogram),
         source=at,
+        text_digest=digest,
     )
 
 

@@ -187,6 +187,9 @@ class TargetConfig:
     # Where the target was defined; excluded from equality so that moving a target within the
     # file is not a change on reload.
     source: SourceLocation | None = field(default=None, compare=False)
+    # A digest of the text the target was read from and of the defaults it inherits, so that
+    # a reload can tell an entry unchanged without reading it again; empty where unknown.
+    text_digest: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
