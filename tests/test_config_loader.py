@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from hostwatch import config
 from hostwatch.config import ConfigError, parse_config
+from hostwatch.model import Config
 
 CONFIGS = Path(__file__).parent / "configs"
 YAML_CHARS = " \n-:{}[],'\"#abc01.!&*|>?%@`\\\t"
@@ -261,7 +262,7 @@ class TestReadOnlyWhatChanged:
             "    host: 127.0.0.3\n"
             "    probes: {tcp: {port: 22}}\n")
 
-    def _again(self, before: str, after: str) -> tuple[config.Config, list[bool]]:
+    def _again(self, before: str, after: str) -> tuple[Config, list[bool]]:
         running = parse_config(before, "t.yml")
         loaded = parse_config(after, "t.yml", running)
         assert loaded == parse_config(after, "t.yml")

@@ -104,6 +104,24 @@ class TestWindow:
         assert pytest.approx(0.3) == stats.rtt_mean
         assert pytest.approx(math.sqrt(0.02)) == stats.rtt_stddev
 
+    def test_rtt_summary_leaves_failures_out(self) -> None:
+        """Failures in the window count as lost and take no part in the RTT summary, in a
+        full window and in one still filling."""
+        state = _state(failures=100, window=5)
+        rtts = (0.2, None, 0.1, None, 0.3)
+        _feed(state, [LOST if r is None else ProbeResult(Reason.OK, "::1", rtt=r) for r in rtts])
+        stats = state.window_stats()
+        assert (5, 2, 0.4) == (stats.size, stats.lost, stats.loss_ratio)
+        assert (0.1, 0.2, 0.3) == (stats.rtt_min, stats.rtt_median, stats.rtt_max)
+        assert pytest.approx(0.2) == stats.rtt_mean
+        filling = _state(failures=100, window=10)
+        _feed(filling, [LOST, ProbeResult(Reason.OK, "::1", rtt=0.4), LOST,
+                        ProbeResult(Reason.OK, "::1", rtt=0.2)])
+        stats = filling.window_stats()
+        assert (4, 2) == (stats.size, stats.lost)
+        assert (0.2, 0.4) == (stats.rtt_min, stats.rtt_max)
+        assert pytest.approx(0.3) == stats.rtt_median
+
     def test_no_reply_no_rtt(self) -> None:
         """With only failures in the window, the RTT summary is absent and loss is 1."""
         state = _state(failures=100)

@@ -159,8 +159,6 @@ class _Templates:
             mine: "".join(f'{P}state{{\x01state="{h.value}"\x02}} '
                           f'{"1.0" if h is mine else "0.0"}\n' for h in Health)
             for mine in Health}
-        self.window = "".join(f'{P}window_rtt_seconds{{\x01stat="{s}"\x02}} %r\n'
-                              for s in _STATS)
 
 
 class _Writer:
@@ -170,8 +168,7 @@ class _Writer:
         self.families = families
         self.now = now
         t = _Templates(buckets)
-        self.buckets, self.histogram, self.states, self.window = (
-            t.buckets, t.histogram, t.states, t.window)
+        self.buckets, self.histogram, self.states = t.buckets, t.histogram, t.states
         self.out: list[list[str]] = [[] for _ in KNOWN[:_DETAILS]]
         self.kinds: dict[tuple[object, Health], int] = {}
 
@@ -286,23 +283,24 @@ class _Writer:
                        for reason, count in sorted(watch.state.failures.items()))
 
     def _window(self, labels: _Labels, watch: Watch) -> None:
-        stats = watch.state.window_stats()
+        size, _, loss, low, median, high, mean, stddev = watch.state.window_summary()
         base, out = labels.base, self.out
-        if stats.size:
-            out[9].append(f"{P}loss_ratio{{{base}}} {_go(stats.loss_ratio)}\n")
-        low, median, high = stats.rtt_min, stats.rtt_median, stats.rtt_max
-        mean, stddev = stats.rtt_mean, stats.rtt_stddev
+        if size:
+            out[9].append(f"{P}loss_ratio{{{base}}} {_go(loss)}\n")
         if (low is not None and median is not None and high is not None and mean is not None
                 and stddev is not None and low >= 0.0 and high < 1e6):
-            before, after = labels.split("stat")
-            text = self.window % (low, median, high, mean, stddev)
-            out[10].append(text.replace("\x01", before).replace("\x02", after))
+            b, a = labels.split("stat")
+            w = P + "window_rtt_seconds{"
+            out[10].append(f'{w}{b}stat="min"{a}}} {low!r}\n{w}{b}stat="median"{a}}} {median!r}\n'
+                           f'{w}{b}stat="max"{a}}} {high!r}\n{w}{b}stat="mean"{a}}} {mean!r}\n'
+                           f'{w}{b}stat="stddev"{a}}} {stddev!r}\n')
         else:
             values = (low, median, high, mean, stddev)
             out[10].extend(
                 _sample_line(P + "window_rtt_seconds", {**_watch_labels(watch), "stat": s}, v)
                 for s, v in zip(_STATS, values, strict=True) if v is not None)
-        out[11].append(f"{P}window_results{{{base}}} {_count(stats.size)}\n")
+        out[11].append(f"{P}window_results{{{base}}} {size}.0\n" if size < _COUNT_LIMIT else
+                       f"{P}window_results{{{base}}} {_count(size)}\n")
 
     def _slow(self, one: _Families, which: range) -> None:
         """The lines metrics.py made for one watch, through the generic line writer."""

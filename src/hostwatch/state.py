@@ -1,7 +1,7 @@
 """Per target-and-probe state: pure, no I/O, constant memory.
 
 `ProbeState.record` takes one `ProbeResult` and returns a `Transition` when the public state
-changes. The window of the last N results lives in a preallocated array (NaN marks a
+changes. The window of the last N results lives in a preallocated array (infinity marks a
 failure), so the memory of a target never grows however long the daemon runs. The state
 machine itself (hysteresis, DEGRADED, FLAPPING) is `hostwatch.health`.
 """
@@ -46,14 +46,23 @@ class WindowStats:
     rtt_stddev: float | None
 
 
+# size, lost, loss ratio, and RTT min, median, max, mean, stddev (None without a reply).
+Summary = tuple[int, int, float, float | None, float | None, float | None, float | None,
+                float | None]
+
+
+_FAILED = math.inf  # a failure in the window: sorts after every RTT
+
+
 class _Window:
-    """The last `capacity` results; NaN for a failure, the RTT (seconds) for a success."""
+    """The last `capacity` results: the RTT (seconds) of a success, infinity for a failure
+    (so that sorting the window puts the RTTs first, in order, and the failures last)."""
 
     __slots__ = ("_sum", "_sumsq", "capacity", "filled", "lost", "pos", "values")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.values = array("d", [math.nan]) * capacity
+        self.values = array("d", [_FAILED]) * capacity
         self.filled = 0
         self.pos = 0
         self.lost = 0
@@ -61,7 +70,7 @@ class _Window:
         self._sumsq = 0.0
 
     def push(self, rtt: float | None) -> None:
-        value = math.nan if rtt is None else rtt
+        value = _FAILED if rtt is None else rtt
         if self.filled == self.capacity:
             self._forget(self.values[self.pos])
         else:
@@ -73,21 +82,21 @@ class _Window:
             self._resum()  # bound floating-point drift of the running sums
 
     def _remember(self, value: float) -> None:
-        if math.isnan(value):
+        if value == _FAILED:
             self.lost += 1
         else:
             self._sum += value
             self._sumsq += value * value
 
     def _forget(self, value: float) -> None:
-        if math.isnan(value):
+        if value == _FAILED:
             self.lost -= 1
         else:
             self._sum -= value
             self._sumsq -= value * value
 
     def _resum(self) -> None:
-        received = [v for v in self.values[: self.filled] if not math.isnan(v)]
+        received = [v for v in self.values[: self.filled] if v != _FAILED]
         self._sum = math.fsum(received)
         self._sumsq = math.fsum(v * v for v in received)
 
@@ -97,19 +106,25 @@ class _Window:
         return WindowCounts(self.capacity, self.filled, self.lost, mean)
 
     def stats(self) -> WindowStats:
-        # Runs for every watch at every scrape: sort the array slice in C, and filter out the
-        # NaNs of failures only when there are some.
-        values = self.values[: self.filled]
-        received = sorted(v for v in values if not math.isnan(v)) if self.lost else sorted(values)
-        loss = self.lost / self.filled if self.filled else 0.0
+        return WindowStats(*self.summary())
+
+    def summary(self) -> Summary:
+        """`stats` as a plain tuple. Runs for every watch at every scrape: the values go to a
+        list in C (`tolist`) and are sorted in place; the failures sort last and are cut off."""
+        filled, lost = self.filled, self.lost
+        values = self.values
+        received = values.tolist() if filled == self.capacity else values[:filled].tolist()
+        received.sort()
+        if lost:
+            del received[filled - lost:]
+        loss = lost / filled if filled else 0.0
         if not received:
-            return WindowStats(self.filled, self.lost, loss, None, None, None, None, None)
+            return (filled, lost, loss, None, None, None, None, None)
         n = len(received)
         mean = self._sum / n
         variance = max(self._sumsq / n - mean * mean, 0.0)
         median = received[n // 2] if n % 2 else (received[n // 2 - 1] + received[n // 2]) / 2
-        return WindowStats(self.filled, self.lost, loss, received[0], median, received[-1],
-                           mean, math.sqrt(variance))
+        return (filled, lost, loss, received[0], median, received[-1], mean, math.sqrt(variance))
 
 
 class ProbeState:
@@ -180,3 +195,7 @@ class ProbeState:
 
     def window_stats(self) -> WindowStats:
         return self._window.stats()
+
+    def window_summary(self) -> Summary:
+        """`window_stats` as a plain tuple, for the renderer (no object per watch)."""
+        return self._window.summary()
