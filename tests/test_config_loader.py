@@ -323,7 +323,7 @@ class TestReadOnlyWhatChanged:
         assert str(fresh.value) == str(again.value)
 
     def test_not_ascii_is_read_again(self) -> None:
-        """libyaml's positions count bytes: with other characters, every entry is read."""
+        """Spans are taken only in ASCII text: with other characters, every entry is read."""
         text = self.BASE.replace("# the second", "# the sécond")
         assert self._again(text, text)[1] == [False, False, False]
 

@@ -686,8 +686,9 @@ def _compose_plain(context: _Context, text: str) -> _Node | None:
 class _PlainComposer:
     """`_compose_plain`'s state: one frame per open collection, `[at, fields or items,
     pending key, its location, start index]`. With `spans` it records in the context where
-    each target entry and the `defaults` section lie (libyaml's indexes count bytes, so
-    only for an ASCII text, where they are also the string's)."""
+    each target entry and the `defaults` section lie, by libyaml's indexes; only for an
+    ASCII text, where characters, bytes and code points agree (a byte order mark or other
+    characters cannot shift what is sliced and compared)."""
 
     __slots__ = ("constructor", "context", "root", "source", "spans", "stack")
 
