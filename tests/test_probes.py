@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import subprocess
 import sys
+import weakref
 
 import pytest
 
 from hostwatch.model import IcmpMode
 from hostwatch.probes.base import Prober, ProbeResult, Reason
-from hostwatch.probes.icmp import IcmpProber
+from hostwatch.probes.icmp import IcmpProber, _Deadlines, _Pending
 from hostwatch.probes.tcp import TcpProber
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_INET6"), reason="needs IPv6")
@@ -58,6 +60,32 @@ class TestIcmpRaw:
         results = asyncio.run(go())
         assert 200 == sum(r.reason is Reason.OK for r in results)
 
+    def test_an_answered_probe_lets_go_of_its_callback(self) -> None:
+        """The callback of an answered probe is freed with the reply, not kept until its
+        timeout would have come (10,000 probes a second at a 1 s timeout held ~4 MB)."""
+        async def go() -> tuple[ProbeResult, bool, int]:
+            prober = IcmpProber.open(IcmpMode.AUTO, 56)
+            loop = asyncio.get_running_loop()
+            try:
+                future: asyncio.Future[ProbeResult] = loop.create_future()
+
+                class Callback:
+                    def __call__(self, result: ProbeResult) -> None:
+                        future.set_result(result)
+
+                callback = Callback()
+                freed = weakref.ref(callback)
+                prober.start("127.0.0.1", None, 30.0, callback)
+                del callback
+                result = await future
+                gc.collect()
+                return result, freed() is None, prober.in_flight()
+            finally:
+                await prober.close()
+
+        result, freed, left = asyncio.run(go())
+        assert (Reason.OK, True, 0) == (result.reason, freed, left)
+
     def test_unanswered_address_times_out(self) -> None:
         """An IPv6 address nobody has (::2 has no route on lo) fails, as a value."""
         async def go() -> ProbeResult:
@@ -70,6 +98,31 @@ class TestIcmpRaw:
         result = asyncio.run(go())
         assert result.reason in (Reason.TIMEOUT, Reason.UNREACHABLE)
         assert result.rtt is None
+
+
+class TestDeadlines:
+    def test_a_reused_key_is_not_timed_out_by_the_old_entry(self) -> None:
+        """An answered probe leaves its deadline entry behind; a later probe with the same
+        (address, sequence) key is timed out at its own deadline, not at the old one's."""
+        async def go() -> tuple[list[str], list[str]]:
+            loop = asyncio.get_running_loop()
+            pending: dict[tuple[str, int], _Pending] = {}
+            deadlines = _Deadlines(loop, pending)
+            fired: list[str] = []
+            key = ("127.0.0.1", 7)
+            first = pending[key] = _Pending("127.0.0.1", 1, lambda r: fired.append("first"))
+            deadlines.add(0.05, key, first)
+            del pending[key]  # answered
+            second = pending[key] = _Pending("127.0.0.1", 2, lambda r: fired.append("second"))
+            deadlines.add(0.3, key, second)
+            await asyncio.sleep(0.15)  # past the first deadline only
+            early = list(fired)
+            await asyncio.sleep(0.3)
+            deadlines.close()
+            return early, fired
+
+        early, fired = asyncio.run(go())
+        assert ([], ["second"]) == (early, fired)
 
 
 # Run in a fresh network namespace: ping_group_range is per namespace, so the test can allow

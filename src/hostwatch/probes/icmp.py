@@ -59,14 +59,17 @@ Key = tuple[str, int]  # (destination, sequence)
 class _Deadlines:
     """Probe timeouts with one event-loop timer per engine, not one per probe (a TimerHandle
     costs a heap push and pop in Python, ~4 µs a probe). Probes with the same timeout expire
-    in the order they were sent, so each timeout value keeps a FIFO of (deadline, key,
-    pending); replies leave their entry behind, skipped when it comes due."""
+    in the order they were sent, so each timeout value keeps a FIFO of (deadline, key, send
+    time); replies leave their entry behind, skipped when it comes due. The entry names the
+    probe by its key and send time, not by its `_Pending`: an answered probe's pending and
+    callback are freed at once, not a timeout later (at 10,000 probes a second with a 1 s
+    timeout, ~4 MB held for nothing)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  pending: dict[Key, _Pending]) -> None:
         self._loop = loop
         self._pending = pending
-        self._queues: dict[float, deque[tuple[float, Key, _Pending]]] = {}
+        self._queues: dict[float, deque[tuple[float, Key, int]]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, timeout: float, key: Key, pending: _Pending) -> None:
@@ -74,7 +77,7 @@ class _Deadlines:
         queue = self._queues.get(timeout)
         if queue is None:
             queue = self._queues[timeout] = deque()
-        queue.append((deadline, key, pending))
+        queue.append((deadline, key, pending.sent_ns))
         if self._timer is None or deadline < self._timer.when():
             self._arm(deadline)
 
@@ -88,8 +91,9 @@ class _Deadlines:
         now = self._loop.time()
         for timeout, queue in list(self._queues.items()):
             while queue and queue[0][0] <= now:
-                _deadline, key, pending = queue.popleft()
-                if self._pending.get(key) is pending:
+                _deadline, key, sent_ns = queue.popleft()
+                pending = self._pending.get(key)
+                if pending is not None and pending.sent_ns == sent_ns:
                     del self._pending[key]
                     pending.done(ProbeResult(Reason.TIMEOUT, pending.ip))
             if not queue:
@@ -184,7 +188,8 @@ class _FamilyEngine:
             self._on_error(parsed)
         else:
             rx_mono = time.monotonic_ns() if rx is None else rx - offset
-            self._on_reply(_canonical(src), parsed.sequence, rx_mono)
+            # An IPv4 source is already in the one textual form there is (no cache entry).
+            self._on_reply(src if self._v4 else _canonical(src), parsed.sequence, rx_mono)
 
     def _on_reply(self, src: str, sequence: int, rx_mono_ns: int) -> None:
         pending = self._pending.pop((src, sequence), None)
@@ -240,7 +245,7 @@ class _FamilyEngine:
         self._opened.holder.close()
 
 
-@functools.lru_cache(maxsize=65536)  # one entry per address answering: ~2 µs saved a reply
+@functools.lru_cache(maxsize=65536)  # one entry per IPv6 address answering: ~2 µs a reply
 def _canonical(address: str) -> str:
     """The textual form used for keys: strips an IPv6 scope and compresses like `ipaddress`."""
     return str(ipaddress.ip_address(address.split("%", 1)[0]))
