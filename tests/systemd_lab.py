@@ -415,6 +415,13 @@ def enter_cgroup(procs: str, argv: list[str]) -> None:
     os.execvp(argv[0], argv)  # noqa: S606 - an exec of a fixed argv, no shell
 
 
+def _seqnum(cursor: str) -> int:
+    """The sequence number in a journal cursor (`s=…;i=<hex>;b=…`): the order journald wrote
+    the entries in."""
+    fields = dict(part.split("=", 1) for part in cursor.split(";") if "=" in part)
+    return int(fields["i"], 16)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["stage0"]:
         stage0()
@@ -423,9 +430,3 @@ if __name__ == "__main__":
     else:
         raise SystemExit("usage: systemd_lab.py stage0 | enter-cgroup PROCS ARGV...")
 
-
-def _seqnum(cursor: str) -> int:
-    """The sequence number in a journal cursor (`s=…;i=<hex>;b=…`): the order journald wrote
-    the entries in."""
-    fields = dict(part.split("=", 1) for part in cursor.split(";") if "=" in part)
-    return int(fields["i"], 16)
