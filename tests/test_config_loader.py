@@ -133,9 +133,9 @@ class TestPlainComposer:
     @given(st.one_of(_block(3, 0), _flow(3)))
     def test_same_tree(self, text: str) -> None:
         """Documents of every plain shape: the tree libyaml's parser, PyYAML's composer and
-        `_Converter` make,
-        node for node with values and locations; where they find a problem (a duplicate
-        key, a key that is not a string, an unsupported tag, …) it hands the text over."""
+        `_Converter` make, node for node with values and locations; where they find a
+        problem (a duplicate key, a key that is not a string, an unsupported tag, …) it
+        hands the text over."""
         context = config._Context("t.yml")
         try:
             expected = _composed_tree(context, text)
