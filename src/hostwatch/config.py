@@ -29,7 +29,7 @@ import signal
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias, TypeGuard, TypeVar
+from typing import Any, Final, Protocol, TypeAlias, TypeGuard, TypeVar
 
 import dns.exception
 import dns.name
@@ -268,17 +268,13 @@ def _pickle_keeping(result: Config | ConfigError, previous: Config | None) -> by
     unpickling, no second copy in memory)."""
     if not isinstance(result, Config) or previous is None or not previous.targets:
         return pickle.dumps((result, None), protocol=pickle.HIGHEST_PROTOCOL)
-    index = {id(t): i for i, t in enumerate(previous.targets)}  # the ones parse_config kept
     at = {t.source: i for i, t in enumerate(previous.targets)}
     targets: list[TargetConfig | int] = []
     for t in result.targets:
-        i = index.get(id(t))
-        if i is None:  # read again (the text around it changed): equal is as good
-            i = at.get(t.source)
-            if i is None or previous.targets[i] != t:
-                targets.append(t)
-                continue
-        targets.append(i)
+        i = at.get(t.source)
+        # The one parse_config kept, or one read again (the text around it changed) but equal.
+        kept = i is not None and (previous.targets[i] is t or previous.targets[i] == t)
+        targets.append(i if kept and i is not None else t)
     rest = dataclasses.replace(result, targets=())
     return pickle.dumps((rest, targets), protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -544,6 +540,16 @@ def _position(problem: Problem) -> tuple[bool, int, int]:
 # --- composing YAML into a located tree -----------------------------------------------------
 
 
+class _Mark(Protocol):
+    """A position in the text: PyYAML's Mark, or the C parser's."""
+
+    @property
+    def line(self) -> int: ...
+
+    @property
+    def column(self) -> int: ...
+
+
 class _Reported(enum.Enum):
     """Marks a value whose problem is already recorded, so no second message follows."""
 
@@ -597,7 +603,7 @@ class _Context:
     spans: dict[int, tuple[int, int]] = field(default_factory=dict)
     defaults_span: tuple[int, int] | None = None
 
-    def at(self, mark: yaml.Mark) -> SourceLocation:
+    def at(self, mark: _Mark) -> SourceLocation:
         """PyYAML's 0-based mark as a 1-based location."""
         return SourceLocation(self.source, mark.line + 1, mark.column + 1)
 
@@ -690,11 +696,10 @@ class _PlainComposer:
     ASCII text, where characters, bytes and code points agree (a byte order mark or other
     characters cannot shift what is sliced and compared)."""
 
-    __slots__ = ("constructor", "context", "root", "source", "spans", "stack")
+    __slots__ = ("constructor", "context", "root", "spans", "stack")
 
     def __init__(self, context: _Context, spans: bool) -> None:
         self.context = context
-        self.source = context.source
         self.spans = spans
         self.stack: list[list[Any]] = []
         self.root: _Node | None = None
@@ -755,7 +760,7 @@ class _PlainComposer:
         mark = event.start_mark
         if mark is None:
             raise _NotPlainError
-        return SourceLocation(self.source, mark.line + 1, mark.column + 1)
+        return self.context.at(mark)
 
     def open(self, event: yaml.CollectionStartEvent, into: dict[str, _Field] | list[_Node],
              ) -> None:
@@ -768,8 +773,7 @@ class _PlainComposer:
         mark = event.start_mark
         if mark is None:
             raise _NotPlainError
-        stack.append([SourceLocation(self.source, mark.line + 1, mark.column + 1), into, None,
-                      None, mark.index])
+        stack.append([self.context.at(mark), into, None, None, mark.index])
 
     def scalar(self, event: yaml.ScalarEvent) -> _Leaf | None:
         """The scalar's leaf, or None for a key (then pending in its mapping's frame)."""
