@@ -92,6 +92,19 @@ class TestSameBytes:
         registry = _registry(watches)
         assert generate_latest(registry) == exposition.render(registry)
 
+    def test_equal_without_user_labels(self) -> None:
+        """Targets labelled only target, ip and probe take the renderer's short label form,
+        with the histogram and without; RTTs above 16.8 ms are rounded in the window."""
+        config = ("defaults: {rtt_histogram: true}\ntargets:\n"
+                  "  - {name: a, host: 127.0.0.1, probes: {icmp: }}\n"
+                  "  - {name: b, host: \"::1\", probes: {icmp: }, rtt_histogram: false}\n")
+        ws = list(Watches.build(parse_config(config, "short.yml")))
+        for watch, ip in zip(ws, ("127.0.0.1", "::1"), strict=True):
+            _feed(watch, [_ok(ip, 0.000_123_456), ProbeResult(Reason.TIMEOUT, ip),
+                          _ok(ip, 0.042_123_457), _ok(ip, 1.5)])
+        registry = _registry(ws)
+        assert generate_latest(registry) == exposition.render(registry)
+
     def test_histogram_only_where_asked(self, watches: list[Watch]) -> None:
         """`rtt_histogram: false` (target `plain`) leaves out its histogram, nothing else."""
         body = exposition.render(_registry(watches)).decode()

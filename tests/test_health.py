@@ -113,3 +113,21 @@ class TestFlapping:
         _run(state, [_ok()] * 5)
         changes = self._toggle(state, 2, start=10)
         assert Health.FLAPPING not in [t.current for t in changes]
+
+
+class TestLongRuns:
+    def test_counts_stop_at_the_thresholds(self) -> None:
+        """Runs of successes and failures stop counting at their threshold (months of
+        results make no int object per watch) and still judge exactly: DOWN at the 5th
+        failure after 1,500 successes, and after a reload that raises the thresholds while
+        DOWN, UP again at the new 10th success."""
+        state = ProbeState(Policy(failure_threshold=5, success_threshold=3), 100, ())
+        _run(state, [_ok()] * 1500)
+        assert (state.health, state.tracker.consecutive_successes) == (Health.UP, 3)
+        assert [] == _run(state, [LOST] * 4, start=2000)
+        assert [Health.DOWN] == [t.current for t in _run(state, [LOST], start=3000)]
+        _run(state, [LOST] * 500, start=4000)
+        assert state.tracker.consecutive_failures == 5
+        state.tracker.set_policy(Policy(failure_threshold=50, success_threshold=10))
+        assert [] == _run(state, [_ok()] * 9, start=5000)
+        assert [Health.UP] == [t.current for t in _run(state, [_ok()], start=6000)]

@@ -7,6 +7,7 @@ import gc
 import socket
 import subprocess
 import sys
+import time
 import weakref
 
 import pytest
@@ -110,10 +111,12 @@ class TestDeadlines:
             deadlines = _Deadlines(loop, pending)
             fired: list[str] = []
             key = ("127.0.0.1", 7)
-            first = pending[key] = _Pending("127.0.0.1", 1, lambda r: fired.append("first"))
+            first = pending[key] = _Pending("127.0.0.1", time.monotonic_ns(),
+                                            lambda r: fired.append("first"))
             deadlines.add(0.05, key, first)
             del pending[key]  # answered
-            second = pending[key] = _Pending("127.0.0.1", 2, lambda r: fired.append("second"))
+            second = pending[key] = _Pending("127.0.0.1", time.monotonic_ns(),
+                                             lambda r: fired.append("second"))
             deadlines.add(0.3, key, second)
             await asyncio.sleep(0.15)  # past the first deadline only
             early = list(fired)

@@ -21,6 +21,7 @@ from hostwatch.api import targets_document
 from hostwatch.config import ConfigError, default_config, load_config_async
 from hostwatch.discovery import Fingerprint, discover, fingerprint, refresh_interval
 from hostwatch.events import LOG_CRIT, LOG_ERR, EventKind, Events, SinkHandler
+from hostwatch.heap import return_large_buffers
 from hostwatch.journal import EventSink, JournalSink, StderrSink, stderr_is_journal
 from hostwatch.lifecycle import Notifier, activated_socket, install_test_stall
 from hostwatch.metrics import DaemonView, ReloadStatus, new_registry
@@ -338,6 +339,7 @@ def _startup_hint(err: BaseException, options: Options) -> str:
 
 
 def main_sync(options: Options) -> int:
+    return_large_buffers()  # before the first large buffer (hostwatch.heap)
     try:
         return asyncio.run(run(options))
     except KeyboardInterrupt:

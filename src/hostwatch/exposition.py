@@ -99,28 +99,31 @@ class _Labels:
     """One watch's labels, sorted and escaped once: the text alone (`base`), and the text
     before and after the place of an extra label, each with its comma (`split`)."""
 
-    __slots__ = ("base", "keys", "le", "pairs", "s")
+    __slots__ = ("base", "keys", "pairs", "s", "short")
 
     def __init__(self, labels: dict[str, str]) -> None:
         if len(labels) == 3:  # target, ip, probe: sorted as ip, probe, target
             ip, probe = _escape_value(labels["ip"]), _escape_value(labels["probe"])
             target = _escape_value(labels["target"])
             self.base = f'ip="{ip}",probe="{probe}",target="{target}"'
-            self.le = (f'ip="{ip}",', f',probe="{probe}",target="{target}"')
             self.s = (f'ip="{ip}",probe="{probe}",', f',target="{target}"')
+            self.short = (ip, probe, target)
             self.keys: list[str] = []
             return
         items = sorted(labels.items())
         self.keys = [k for k, _ in items]
         self.pairs = [f'{escape_label_name(k)}="{_escape_value(v)}"' for k, v in items]
         self.base = ",".join(self.pairs)
-        self.le = self._split("le")
         self.s = self._split("state")
 
     def split(self, key: str) -> tuple[str, str]:
-        """For `le`, `state`, `stat` and `reason`."""
+        """For `le` (made when asked: only targets with the histogram need it), `state`,
+        `stat` and `reason`."""
         if key == "le":
-            return self.le
+            if self.keys:
+                return self._split("le")
+            ip, probe, target = self.short
+            return f'ip="{ip}",', f',probe="{probe}",target="{target}"'
         if not self.keys or key == "state":
             return self.s  # no label sorts between state, stat and reason in the short form
         return self._split(key)
@@ -260,7 +263,7 @@ class _Writer:
         counts = tuple(accumulate(st.bucket_counts))
         if counts[-1] >= _COUNT_LIMIT:
             return self._slow_histogram(labels.base, watch)
-        before, after = labels.le
+        before, after = labels.split("le")
         text = self.histogram % (*counts, counts[-1], _go(st.rtt_sum))
         return text.replace("\x01", before).replace("\x02", after).replace("\x03", labels.base)
 

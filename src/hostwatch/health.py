@@ -18,6 +18,7 @@ States (see docs/states.md for the reasoning and the false-alarm arithmetic):
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -56,9 +57,17 @@ class Policy:
 
     @classmethod
     def of(cls, target: TargetConfig) -> Policy:
-        return cls(target.failure_threshold, target.success_threshold,
-                   target.degraded_loss_ratio, target.degraded_rtt, target.flap_window,
-                   target.flap_start, target.flap_stop)
+        """The target's policy; targets with the same thresholds share one object."""
+        return _shared_policy((target.failure_threshold, target.success_threshold,
+                               target.degraded_loss_ratio, target.degraded_rtt,
+                               target.flap_window, target.flap_start, target.flap_stop))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_policy(values: tuple[int, int, float, float | None, float, int, int]) -> Policy:
+    """One Policy per distinct set of thresholds (10,000 targets usually have a handful);
+    bounded, so that thresholds changed by reloads over months do not pile up."""
+    return Policy(*values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +119,7 @@ class Tracker:
 
     def update(self, result: ProbeResult, window: WindowCounts, now: float) -> Verdict | None:
         """Account `result` (already pushed to the window); the new public verdict, if any."""
-        self._count(result)
+        self._count(result, window.capacity)
         underlying = self._judge(result, window)
         if underlying.health is not self.underlying.health:
             if self.underlying.health is not Health.UNKNOWN:
@@ -126,18 +135,26 @@ class Tracker:
         self.public = public
         return public
 
-    def _count(self, result: ProbeResult) -> None:
+    def _count(self, result: ProbeResult, capacity: int) -> None:
+        """The counts stop where no rule looks further: a run of failures or successes at
+        its threshold (past it, a DOWN target stays DOWN and an answering one answering,
+        whatever a reload makes the threshold), results since the recovery at the window's
+        capacity. Counted on for months they would be an int object per watch, a new one
+        per result; stopped at a small number they are shared ones."""
+        p = self.policy
         if result.ok:
-            self.consecutive_successes += 1
+            self.consecutive_successes = min(self.consecutive_successes + 1,
+                                             p.success_threshold)
             self.consecutive_failures = 0
         else:
-            self.consecutive_failures += 1
+            self.consecutive_failures = min(self.consecutive_failures + 1, p.failure_threshold)
             self.consecutive_successes = 0
         if self.underlying.health is Health.DOWN and not result.ok:
             self._fresh = self._fresh_lost = 0  # judge quality only after the recovery
             return
-        self._fresh += 1
-        self._fresh_lost += 0 if result.ok else 1
+        if self._fresh < capacity:  # from there on the window itself is judged
+            self._fresh += 1
+            self._fresh_lost += 0 if result.ok else 1
 
     def _judge(self, result: ProbeResult, window: WindowCounts) -> Verdict:
         p = self.policy

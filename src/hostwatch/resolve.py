@@ -21,15 +21,14 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from hostwatch.model import IpProtocol
 from hostwatch.probes.base import Reason
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
+    import dns.name
 
 __all__ = [
     "HOSTS_FILE",
@@ -86,7 +85,8 @@ def literal(host: str, protocol: IpProtocol) -> Resolution | None:
     wanted = {IpProtocol.IP4: 4, IpProtocol.IP6: 6}.get(protocol)
     if wanted is not None and address.version != wanted:
         return Resolution(None, Reason.NO_ADDRESS, f"{host} is not an IPv{wanted} address")
-    return Resolution(str(address))
+    text = str(address)
+    return Resolution(host if text == host else text)  # the config's string, not a copy
 
 
 def refresh_delay(refresh: float, ttl: float | None, failures: int,
@@ -163,9 +163,9 @@ class HostsFile:
 
 # --- DNS --------------------------------------------------------------------------------------
 
-_A, _AAAA = dns.rdatatype.A, dns.rdatatype.AAAA
-_RDTYPES = {IpProtocol.IP4: (_A,), IpProtocol.IP6: (_AAAA,), IpProtocol.AUTO: (_AAAA, _A)}
-_VERSION = {_A: 4, _AAAA: 6}
+# dnspython (~2 MB) is imported at the first lookup of a name: a daemon that watches only
+# address literals never needs it.
+_RDTYPES = {IpProtocol.IP4: ("A",), IpProtocol.IP6: ("AAAA",), IpProtocol.AUTO: ("AAAA", "A")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +189,8 @@ def _server_label(address: str, port: int) -> str:
 
 
 def _new_resolver(server: str, port: int, timeout: float) -> dns.asyncresolver.Resolver:
+    import dns.asyncresolver  # noqa: PLC0415  # see _RDTYPES
+
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [server]
     resolver.port = port
@@ -236,6 +238,9 @@ class _Dns:
             return
         self._conf_read, self._conf_stamp = True, stamp
         self._chain, self._search = [], True
+        import dns.exception  # noqa: PLC0415  # see _RDTYPES
+        import dns.resolver  # noqa: PLC0415
+
         try:
             base = dns.resolver.Resolver(filename=self.resolv_conf, configure=True)
         except (dns.exception.DNSException, OSError, ValueError) as err:
@@ -251,8 +256,12 @@ class _Dns:
             resolver.ndots = base.ndots
             self._chain.append((_server_label(address, base.port), resolver))
 
-    async def query(self, name: str, rdtype: dns.rdatatype.RdataType) -> _Answer:
-        """Ask each server in turn until one gives a final answer (addresses, none, NXDOMAIN)."""
+    async def query(self, name: str, rdtype: str) -> _Answer:
+        """Ask each server in turn until one gives a final answer (addresses, none, NXDOMAIN)
+        for records of type `rdtype` (A or AAAA)."""
+        import dns.exception  # noqa: PLC0415  # see _RDTYPES
+        import dns.name  # noqa: PLC0415
+
         if not self.servers:
             self._system()
         if not self._chain:
@@ -270,8 +279,11 @@ class _Dns:
             errors.append(answer)
         return _Answer(failure=_combine(name, errors))
 
-    async def _ask(self, name: str, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+    async def _ask(self, name: str, qname: dns.name.Name, rdtype: str,
                    label: str, resolver: dns.asyncresolver.Resolver) -> _Answer | _ServerError:
+        import dns.exception  # noqa: PLC0415  # see _RDTYPES
+        import dns.resolver  # noqa: PLC0415
+
         try:
             answer = await resolver.resolve(qname, rdtype, search=self._search,
                                             raise_on_no_answer=False)
@@ -288,9 +300,8 @@ class _Dns:
         except dns.exception.DNSException as err:
             return _ServerError("error", f"{label}: {err}")
         if answer.rrset is None:
-            kind = dns.rdatatype.to_text(rdtype)
             return _Answer(server=label, failure=Resolution(
-                None, Reason.NO_ADDRESS, f"{name}: no {kind} record (empty answer from {label})",
+                None, Reason.NO_ADDRESS, f"{name}: no {rdtype} record (empty answer from {label})",
                 label))
         addresses = tuple(str(ipaddress.ip_address(rdata.to_text())) for rdata in answer.rrset)
         return _Answer(addresses, float(answer.chaining_result.minimum_ttl), label)
@@ -303,6 +314,8 @@ def _server_error(label: str, errors: Sequence[tuple[object, ...]]) -> _ServerEr
     error = errors[-1][3]
     if isinstance(error, str):  # dnspython gives an unwanted rcode as its text
         return _ServerError("rcode", f"{error} from {label}")
+    import dns.exception  # noqa: PLC0415  # see _RDTYPES
+
     if isinstance(error, dns.exception.Timeout):
         return _ServerError("timeout", f"no answer from {label}")
     if isinstance(error, ConnectionRefusedError):

@@ -33,7 +33,7 @@ TransitionListener = Callable[["Watch", Transition], None]
 class Watch:
     """One probe of one target (per address family for `ip_protocol: dual`), with its state."""
 
-    __slots__ = ("fixed", "in_flight", "maintenance", "protocol", "spec", "state",
+    __slots__ = ("fixed", "in_flight", "key", "maintenance", "protocol", "spec", "state",
                  "target")
 
     def __init__(self, target: TargetConfig, spec: ProbeSpec, protocol: IpProtocol,
@@ -42,21 +42,22 @@ class Watch:
         self.target = target
         self.spec = spec
         self.protocol = protocol
+        # Made once: the Watches of every reload use this very tuple as the key.
+        self.key: WatchKey = (target.name, spec.kind, protocol)
         self.state = ProbeState(Policy.of(target), target.window, buckets)
         self.in_flight = False
         self.maintenance: tuple[MaintenanceWindow, ...] = ()
         # An IP literal resolves to itself: parsed once here, not at every probe (~4 µs).
-        # Adopting a new definition keeps host and ip_protocol, so this stays right.
-        self.fixed: Resolution | None = literal(target.host, protocol)
+        # Adopting a new definition keeps host and ip_protocol, so this stays right. The
+        # address alone (the config's own string) where it is usable: no object per watch.
+        fixed = literal(target.host, protocol)
+        self.fixed: str | Resolution | None = (
+            fixed.ip if fixed is not None and fixed.ip is not None else fixed)
 
     @property
     def buckets(self) -> tuple[float, ...]:
         """The RTT histogram's upper bounds (the state's); empty for no histogram."""
         return self.state.buckets
-
-    @property
-    def key(self) -> WatchKey:
-        return (self.target.name, self.spec.kind, self.protocol)
 
     @property
     def interval(self) -> float:
@@ -150,19 +151,24 @@ class Runner:
             self.skipped_in_flight += 1
             return
         target = watch.target
-        if watch.fixed is not None:  # an address literal: nothing to look up or to time
-            resolution, resolved = watch.fixed, 0.0
+        fixed = watch.fixed
+        if isinstance(fixed, str):  # an address literal: nothing to look up or to time
+            ip, resolved = fixed, 0.0
         else:
-            asked = time.monotonic()
-            resolution = self._resolver.get(target.host, watch.protocol)
-            resolved = time.monotonic() - asked
-        if resolution.ip is None:
-            reason = resolution.reason or Reason.DNS
-            self._record(watch, ProbeResult(reason, "", detail=resolution.detail))
-            return
+            if fixed is None:
+                asked = time.monotonic()
+                resolution = self._resolver.get(target.host, watch.protocol)
+                resolved = time.monotonic() - asked
+            else:  # a literal of the other address family
+                resolution, resolved = fixed, 0.0
+            if resolution.ip is None:
+                reason = resolution.reason or Reason.DNS
+                self._record(watch, ProbeResult(reason, "", detail=resolution.detail))
+                return
+            ip = resolution.ip
         watch.in_flight = True
         prober = self._probers[watch.spec.kind]
-        prober.start(resolution.ip, watch.spec.port, target.timeout,
+        prober.start(ip, watch.spec.port, target.timeout,
                      lambda result: self._done(watch, result, resolved), spec=watch.spec)
 
     def _done(self, watch: Watch, result: ProbeResult, resolved: float = 0.0) -> None:

@@ -28,7 +28,6 @@ import ssl
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import bcrypt
 import yaml
 
 from hostwatch.config import ConfigError, Problem
@@ -221,6 +220,8 @@ class Authenticator:
         if digest in self._ok:
             self._ok.move_to_end(digest)
             return True
+        import bcrypt  # noqa: PLC0415  # ~0.5 MB, for a daemon with basic auth only
+
         loop = asyncio.get_running_loop()
         if not await loop.run_in_executor(None, bcrypt.checkpw, password, hashed):
             return False

@@ -59,25 +59,28 @@ Key = tuple[str, int]  # (destination, sequence)
 class _Deadlines:
     """Probe timeouts with one event-loop timer per engine, not one per probe (a TimerHandle
     costs a heap push and pop in Python, ~4 µs a probe). Probes with the same timeout expire
-    in the order they were sent, so each timeout value keeps a FIFO of (deadline, key, send
-    time); replies leave their entry behind, skipped when it comes due. The entry names the
-    probe by its key and send time, not by its `_Pending`: an answered probe's pending and
-    callback are freed at once, not a timeout later (at 10,000 probes a second with a 1 s
-    timeout, ~4 MB held for nothing)."""
+    in the order they were sent, so each timeout value keeps a FIFO of (destination, send
+    time and sequence); replies leave their entry behind, skipped when it comes due. The
+    entry names the probe by its key and send time, not by its `_Pending`: an answered
+    probe's pending and callback are freed at once, not a timeout later (at 10,000 probes a
+    second with a 1 s timeout, ~4 MB held for nothing). Its deadline is its send time plus
+    the queue's timeout; send time and sequence are one int (`sent_ns << 16 | sequence`):
+    an entry is a pair and an int, ~90 bytes, and a queue holds a timeout's worth of
+    probes."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  pending: dict[Key, _Pending]) -> None:
         self._loop = loop
         self._pending = pending
-        self._queues: dict[float, deque[tuple[float, Key, int]]] = {}
+        self._queues: dict[float, deque[tuple[str, int]]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, timeout: float, key: Key, pending: _Pending) -> None:
-        deadline = self._loop.time() + timeout
         queue = self._queues.get(timeout)
         if queue is None:
             queue = self._queues[timeout] = deque()
-        queue.append((deadline, key, pending.sent_ns))
+        queue.append((key[0], pending.sent_ns << 16 | key[1]))
+        deadline = pending.sent_ns / 1e9 + timeout  # the loop's clock is time.monotonic
         if self._timer is None or deadline < self._timer.when():
             self._arm(deadline)
 
@@ -90,8 +93,11 @@ class _Deadlines:
         self._timer = None
         now = self._loop.time()
         for timeout, queue in list(self._queues.items()):
-            while queue and queue[0][0] <= now:
-                _deadline, key, sent_ns = queue.popleft()
+            # Sent at or before this (ns) is due; 1 µs of slack for the float arithmetic.
+            due = int((now - timeout) * 1e9 + 1000) << 16 | 0xFFFF
+            while queue and queue[0][1] <= due:
+                ip, stamp = queue.popleft()
+                key, sent_ns = (ip, stamp & 0xFFFF), stamp >> 16
                 pending = self._pending.get(key)
                 if pending is not None and pending.sent_ns == sent_ns:
                     del self._pending[key]
@@ -99,7 +105,8 @@ class _Deadlines:
             if not queue:
                 del self._queues[timeout]
         if self._queues:
-            self._arm(min(queue[0][0] for queue in self._queues.values()))
+            self._arm(min((queue[0][1] >> 16) / 1e9 + timeout
+                          for timeout, queue in self._queues.items()))
 
     def close(self) -> None:
         if self._timer is not None:

@@ -1,0 +1,33 @@
+"""The C library's allocator, set for a daemon that runs for months.
+
+glibc serves a request of 128 KiB or more with its own mapping, returned to the system when
+freed, but each time such a block is freed it raises that threshold to the block's size (up
+to 32 MiB). After the first large buffer (the result of the config parse, 1.4 MB at 10,000
+targets) the later ones come from the heap instead: a reload's file text, a /metrics piece in
+transit. Python's small objects never reuse that heap (they live in their own arenas), so its
+pages stay with the process; measured at 10,000 targets, ~0.6 MiB more resident for good
+after a reload. Setting the threshold once turns the adjustment off (mallopt(3)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import sys
+from typing import Final
+
+__all__ = ["LARGE", "return_large_buffers"]
+
+M_MMAP_THRESHOLD: Final = -3  # from glibc's malloc.h
+LARGE: Final = 128 * 1024  # glibc's own initial threshold
+
+
+def return_large_buffers() -> bool:
+    """Keep buffers of LARGE bytes and more in mappings of their own, returned when freed.
+    True if the C library took the setting (glibc does; elsewhere nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)  # the C library the interpreter itself runs on
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE))
+    return False
