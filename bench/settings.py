@@ -23,6 +23,7 @@ class Settings:
     scrape_every: float = 15.0  # Prometheus-like scrapes inside hostwatch's steady window
     busy: float = 10.0  # the windows with and without back-to-back scrapes
     reload_share: float = 0.1  # share of targets a reload replaces
+    soak: float = 0.0  # hostwatch probing at least this long (since ready) before the reload
     smokeping_max: int = 2_000  # it starts its pingers one by one: 5,000 did not listen in 210 s
     smokeping_raw_max: int = 1_000  # one raw socket per target: O(N^2), capped
     blackbox_rate: int | None = None  # probes/s driven at blackbox; default: targets/interval
