@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-# A 2 MB buffer is freed first: glibc then raises its threshold to 2 MB, unless the setting
-# turned that off. Then ten 600 kB buffers: where they live (in the heap, or not), and how
-# much of them stays resident once they are freed.
+# Except for "reuse", a 2 MB buffer is freed first: glibc then raises its threshold to 2 MB,
+# unless the setting turned that off. Then ten 600 kB buffers: where they live (in the heap,
+# or not), and how much of them stays resident once they are freed.
 _SCRIPT = """
 import sys
-from hostwatch.heap import return_large_buffers
+from hostwatch.heap import return_large_buffers, reuse_freed_memory
 
 def rss_kib():
     with open("/proc/self/status") as status:
@@ -28,9 +28,11 @@ def in_heap(address):
                     return True
     return False
 
-took = return_large_buffers() if sys.argv[1] == "set" else None
-first = b"x" * 2_000_000
-del first
+mode = sys.argv[1]
+took = {"set": return_large_buffers, "reuse": reuse_freed_memory}.get(mode, lambda: None)()
+if mode != "reuse":
+    first = b"x" * 2_000_000
+    del first
 base = rss_kib()
 held = [b"x" * 600_000 for _ in range(10)]
 heaped = sum(in_heap(id(buffer)) for buffer in held)
@@ -55,3 +57,11 @@ def test_large_buffers_get_their_own_mappings() -> None:
     assert kept_kib < 512
     _, heaped_without, _ = _run("unset")
     assert heaped_without == 10
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_renderer_keeps_large_buffers_in_the_heap() -> None:
+    """For a forked renderer, the ten buffers come from the heap even in a fresh process
+    (where glibc would give each its own mapping), so freed pages serve the next buffer."""
+    took, heaped, _ = _run("reuse")
+    assert (took, heaped) == ("True", 10)

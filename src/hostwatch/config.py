@@ -45,6 +45,7 @@ except ImportError:  # PyYAML built without libyaml: the pure-Python parser alon
 else:
     _LIBYAML = True
 
+from hostwatch.heap import reuse_freed_memory
 from hostwatch.model import (
     DEFAULTS,
     Config,
@@ -334,6 +335,7 @@ class _ParseChild:
             try:
                 os.close(read_fd)
                 gc.disable()  # a collection would scan the daemon's objects too; it exits soon
+                reuse_freed_memory()  # it lives for one parse (hostwatch.heap)
                 signal.set_wakeup_fd(-1)  # signals are the parent's business
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(signum, signal.SIG_DFL)

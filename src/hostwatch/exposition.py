@@ -47,6 +47,7 @@ from prometheus_client.openmetrics.exposition import escape_label_name
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from hostwatch.heap import reuse_freed_memory
 from hostwatch.metrics import HostwatchCollector, _Families, _watch_labels
 from hostwatch.segments import PIECE, FrameReader, Sink
 from hostwatch.state import Health
@@ -655,5 +656,6 @@ def _detach() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     gc.disable()
+    reuse_freed_memory()  # it lives for one render (hostwatch.heap)
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
