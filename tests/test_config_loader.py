@@ -225,6 +225,22 @@ class TestParsedInAChild:
             asyncio.run(config.load_config_async(path))
         assert str(direct.value) == str(caught.value)
 
+    def test_equal_values_are_one_object(self, tmp_path: Path) -> None:
+        """Unpickled targets share equal values (a float per target and field otherwise), with
+        each other and, on a reload, with the running config."""
+        path, text = self._big(tmp_path, broken=False)
+        running = config.load_config(path)
+        first, last = running.targets[0], running.targets[-1]
+        assert (first.interval, first.timeout) == (last.interval, last.timeout)
+        assert first.interval is last.interval
+        assert first.timeout is last.timeout
+        path.write_text(text.replace("  - name: t3000\n", "  - name: t3000\n    window: 7\n"))
+        loaded = config.load_config(path, running)
+        new = loaded.targets[3000]
+        assert new is not running.targets[3000]
+        assert new.interval is first.interval
+        assert new.timeout is first.timeout
+
     def test_running_targets_kept(self, tmp_path: Path) -> None:
         """With the running config given, a target that is unchanged and in the same place
         comes back as the running object; a changed one, and every one whose place in the

@@ -280,7 +280,10 @@ def _unpickle_keeping(data: bytes, previous: Config | None) -> Config | ConfigEr
     loaded: Config | ConfigError
     targets: list[TargetConfig | int] | None
     loaded, targets = pickle.loads(data)  # noqa: S301  # our own child's pickle
-    if targets is None or isinstance(loaded, ConfigError):
+    if isinstance(loaded, ConfigError):
+        return loaded
+    if targets is None:  # no running config to keep objects from (the first load)
+        _share_equal_values(loaded.targets, ())
         return loaded
     running = previous.targets if previous is not None else ()
     kept = tuple(running[t] if isinstance(t, int) else t for t in targets)
