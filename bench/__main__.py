@@ -37,8 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="probe interval, seconds")
     p.add_argument("--warmup", type=float, default=15.0, help="seconds before measuring")
     p.add_argument("--duration", type=float, default=30.0, help="steady window, seconds")
-    p.add_argument("--busy", type=float, default=10.0,
-                   help="seconds of back-to-back scrapes (and as many without)")
+    p.add_argument("--busy", type=float, default=5.0,
+                   help="seconds of each window of back-to-back scrapes (and of each without)")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="windows of each kind, alternating (lags pooled per kind)")
     p.add_argument("--soak", type=float, default=0.0,
                    help="seconds of probing (with a gzip scrape every 15 s) before the reload, "
                    "so that peak RSS includes a daemon that ran that long; counters pass 256 "
@@ -69,7 +71,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     workdir.mkdir(parents=True, exist_ok=True)
     return Settings(workdir=workdir, targets=args.targets, interval=args.interval,
                     warmup=args.warmup, duration=args.duration, busy=args.busy,
-                    soak=args.soak,
+                    rounds=args.rounds, soak=args.soak,
                     tcp_targets=args.tcp_targets, tcp_duration=args.tcp_duration,
                     smokeping_max=args.smokeping_max, smokeping_raw_max=args.smokeping_raw_max,
                     blackbox_concurrency=args.blackbox_concurrency, phases=phases,
@@ -98,7 +100,7 @@ def _prepare_namespace() -> None:
 def _budget(s: Settings) -> float:
     """Seconds the whole run may take before it is stopped."""
     per_tool = s.warmup + s.duration + 60
-    ours = per_tool + 2 * s.busy + 30 + 120 + s.soak
+    ours = per_tool + 2 * s.rounds * (s.busy + 1) + 30 + 120 + s.soak
     smokeping_start = (120 + 0.03 * min(s.targets, s.smokeping_max)
                        + 0.03 * min(s.targets, s.smokeping_raw_max))
     return ours + 4 * per_tool + smokeping_start + s.tcp_duration + 120

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["CpuSample", "cpu", "last_cpu", "memory_kib", "tcp_states"]
+__all__ = ["CpuSample", "cpu", "descendants", "last_cpu", "memory_kib", "pss_kib",
+           "tcp_states", "tree_cpu"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _TCP_STATES = {"01": "established", "02": "syn_sent", "06": "time_wait", "07": "close",
@@ -35,6 +36,48 @@ def cpu(pid: int) -> CpuSample:
     fields = text[text.rindex(")") + 2:].split()
     utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
     return CpuSample((utime + cutime) / _TICK, (stime + cstime) / _TICK)
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes below `pid` (children, their children, ...)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as file:
+                text = file.read()
+        except OSError:
+            continue  # gone meanwhile
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu(pid: int) -> CpuSample:
+    """CPU of `pid` and of every live process below it (hostwatch's renderer process is a
+    child that is never waited for, so its time is not in the daemon's cutime)."""
+    total = cpu(pid)
+    for child in descendants(pid):
+        try:
+            total = CpuSample(total.user + cpu(child).user, total.system + cpu(child).system)
+        except OSError:
+            continue
+    return total
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of `pid` (shared pages split among the processes mapping them)."""
+    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as file:
+        for line in file:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
 
 
 def last_cpu(pid: int) -> int:

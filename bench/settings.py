@@ -21,7 +21,8 @@ class Settings:
     warmup: float = 15.0
     duration: float = 30.0  # the steady measurement window of each tool
     scrape_every: float = 15.0  # Prometheus-like scrapes inside hostwatch's steady window
-    busy: float = 10.0  # the windows with and without back-to-back scrapes
+    busy: float = 5.0  # seconds of each window with, and each without, back-to-back scrapes
+    rounds: int = 4  # windows of each kind, alternating
     reload_share: float = 0.1  # share of targets a reload replaces
     soak: float = 0.0  # hostwatch probing at least this long (since ready) before the reload
     smokeping_max: int = 2_000  # it starts its pingers one by one: 5,000 did not listen in 210 s
