@@ -349,7 +349,8 @@ class TestInstalledService:
 
     def test_runs_unprivileged_with_only_cap_net_raw(self, service: Service) -> None:
         """The daemon runs as the hostwatch user with CAP_NET_RAW as its one capability, and
-        opens raw ICMP sockets with it; its cgroup holds just the one process (no children)."""
+        opens raw ICMP sockets with it; its cgroup holds it and its /metrics renderer, a
+        child of it, as the same user and with no capability at all."""
         pid = service.main_pid()
         status = service.lab.path(f"/proc/{pid}/status").read_text()
         caps = {k: int(v, 16) for k, v in re.findall(r"^(Cap\w+):\s+([0-9a-f]+)$", status, re.M)}
@@ -361,7 +362,15 @@ class TestInstalledService:
         assert 1.0 == scrape.value("hostwatch_icmp_socket_info", family="ipv4", mode="raw")
         # Read inside the lab: cgroup.procs shows pids as the reader's PID namespace sees them.
         procs = f"/sys/fs/cgroup/system.slice/{UNIT}/cgroup.procs"
-        assert [str(pid)] == service.lab.run(["cat", procs]).stdout.split()
+        others = [p for p in service.lab.run(["cat", procs]).stdout.split() if p != str(pid)]
+        assert 1 == len(others), others
+        child = service.lab.path(f"/proc/{others[0]}/status").read_text()
+        cmdline = service.lab.path(f"/proc/{others[0]}/cmdline").read_bytes()
+        child_caps = dict(re.findall(r"^(Cap(?:Eff|Prm|Amb)):\s+([0-9a-f]+)$", child, re.M))
+        assert b"hostwatch.exposition.worker" in cmdline
+        assert re.search(rf"^PPid:\s+{pid}$", child, re.M), child
+        assert re.search(rf"^Uid:\s+{uid}\s", child, re.M), child
+        assert {"CapEff": "0" * 16, "CapPrm": "0" * 16, "CapAmb": "0" * 16} == child_caps
 
     def test_start_is_ready_with_listener_and_config_and_shows_status(
             self, service: Service) -> None:

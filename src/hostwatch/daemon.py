@@ -21,11 +21,12 @@ from hostwatch.api import targets_document
 from hostwatch.config import ConfigError, default_config, load_config_async
 from hostwatch.discovery import Fingerprint, discover, fingerprint, refresh_interval
 from hostwatch.events import LOG_CRIT, LOG_ERR, EventKind, Events, SinkHandler
+from hostwatch.exposition.client import Scraper
 from hostwatch.heap import return_large_buffers
 from hostwatch.journal import EventSink, JournalSink, StderrSink, stderr_is_journal
 from hostwatch.lifecycle import Notifier, activated_socket, install_test_stall
-from hostwatch.metrics import DaemonView, ReloadStatus, new_registry
 from hostwatch.model import DEFAULTS, Config, ProbeKind
+from hostwatch.numbers import DaemonView, ReloadStatus
 from hostwatch.probes.base import Prober
 from hostwatch.probes.icmp import IcmpPermissionError, IcmpProber
 from hostwatch.probes.registry import new_probers
@@ -95,10 +96,13 @@ class Daemon:
             in_flight=lambda: {k.value: p.in_flight() for k, p in self.probers.items()},
             journal=sink.stats, reload=self.reload_status,
             slots=lambda: self.scheduler.slot_count)
-        self.web = WebServer(new_registry(self.view), self.reload, lambda: self.ready,
+        daemon = os.getpid()
+        self.scraper = Scraper(self.view, lambda: self.watches,
+                               quiet=self.scheduler.between_slots,
+                               others=lambda: _process_text(daemon))
+        self.web = WebServer(self.scraper, self.reload, lambda: self.ready,
                              lambda: targets_document(self.watches),
-                             lambda query: render_status_page(self.watches, query),
-                             quiet=self.scheduler.between_slots)
+                             lambda query: render_status_page(self.watches, query))
         self.ready = False
         self.stop_event = asyncio.Event()
         self.fatal: BaseException | None = None
@@ -194,7 +198,9 @@ class Daemon:
         await self.resolver.update({(w.target.host, w.protocol) for w in watches
                                     if w.fixed is None})
         self.scheduler.apply(watches)
-        self.watches = watches
+        previous, self.watches = self.watches, watches
+        watches.retire(previous)  # the rows of removed targets are free again
+        self.scraper.sync(watches)  # the renderer learns the new rows before any scrape
         self.config = config
         self.reload_status.successful = True
         self.reload_status.success_timestamp = time.time()
@@ -233,6 +239,7 @@ class Daemon:
         """Listen, load the first config, start probing; raises on any startup failure."""
         if self.options.web_config_file is not None:
             self.web.secure(load_web_config(self.options.web_config_file))
+        await self.scraper.start()  # the renderer process starts meanwhile
         activated = activated_socket()  # socket activation (hostwatch.socket), if any
         if activated is None:
             addresses = await self.web.start(self.options.listen)
@@ -266,6 +273,7 @@ class Daemon:
             self.events.lifecycle(EventKind.STOPPING, f"hostwatch stopping ({reason})")
         self.scheduler.shutdown()
         await self.web.close()
+        await self.scraper.close()
         for prober in self.probers.values():
             await prober.close()
         await self.resolver.close()
@@ -336,6 +344,13 @@ def _startup_hint(err: BaseException, options: Options) -> str:
         return (f"cannot listen on {options.listen}: {err.strerror}; choose another address "
                 "with --web.listen-address")
     return str(err)
+
+
+def _process_text(pid: int) -> bytes:
+    """process_* of the daemon, for /metrics rendered in the event loop (the fallback)."""
+    from hostwatch.metrics import process_text  # noqa: PLC0415 - prometheus-client, if needed
+
+    return process_text(pid)
 
 
 def main_sync(options: Options) -> int:

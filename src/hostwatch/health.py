@@ -112,6 +112,12 @@ class Tracker:
         # (the shared `()`) for almost every watch, where a deque would hold ~600 bytes.
         self._changes: tuple[float, ...] = ()
 
+    @property
+    def changes(self) -> tuple[float, ...]:
+        """The times of the last `flap_start` changes of the underlying state (a new tuple
+        at each change, so identity tells a change)."""
+        return self._changes
+
     def set_policy(self, policy: Policy) -> None:
         """New thresholds (a reload); state and history are kept."""
         self._changes = self._changes[-policy.flap_start:]

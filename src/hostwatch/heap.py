@@ -1,5 +1,5 @@
-"""The C library's allocator, set for a daemon that runs for months, and for its short-lived
-renderers.
+"""The C library's allocator, set for a daemon that runs for months (and for the /metrics
+renderer process), and for the short-lived config parse child.
 
 glibc serves a request of 128 KiB or more with its own mapping, returned to the system when
 freed, but each time such a block is freed it raises that threshold to the block's size (up
@@ -9,9 +9,9 @@ transit. Python's small objects never reuse that heap (they live in their own ar
 pages stay with the process; measured at 10,000 targets, ~0.6 MiB more resident for good
 after a reload. Setting the threshold once turns the adjustment off (mallopt(3)).
 
-A forked /metrics renderer wants the opposite: it makes megabytes of strings and exits. With
-its own mapping per large buffer, every one is faulted in page by page (a scrape of 10,000
-targets answered ~20 % later side by side), so the renderer puts them back in the heap.
+The forked config parse child wants the opposite: it makes megabytes of objects and exits.
+With its own mapping per large buffer, every one is faulted in page by page, so it puts them
+back in the heap (`reuse_freed_memory`).
 """
 
 from __future__ import annotations

@@ -3,54 +3,37 @@
 Nothing is stored in prometheus-client metric objects: at scrape time `HostwatchCollector`
 walks the watches and the daemon's counters and yields metric families, so state is the truth
 and metrics are a view. No `_created` series are produced.
+
+The collector is the definition of every family (names, help, types, samples); /metrics itself
+is written by hostwatch.exposition, which must write the same bytes (a test compares them). The
+daemon-wide families are made from `DaemonNumbers`, a plain copy of the daemon's counters that
+can be sent to the renderer process; so this module imports nothing of the daemon's machinery
+at run time (the renderer process imports it).
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from hostwatch import __version__
-from hostwatch.journal import SinkStats
+from hostwatch.health import Health
 from hostwatch.model import IpProtocol
+from hostwatch.numbers import DaemonNumbers, DaemonView, ReloadStatus
 from hostwatch.probes.base import ProbeResult
-from hostwatch.scheduler import LAG_BUCKETS, SchedulerStats
-from hostwatch.state import Health
-from hostwatch.watch import Watch
 
-__all__ = ["DaemonView", "HostwatchCollector", "ReloadStatus", "new_registry"]
+if TYPE_CHECKING:
+    from hostwatch.watch import Watch
+
+__all__ = ["DaemonNumbers", "DaemonView", "HostwatchCollector", "ReloadStatus",
+           "daemon_families", "new_registry", "process_text"]
 
 P = "hostwatch_"
-
-
-@dataclass(slots=True)
-class ReloadStatus:
-    """Outcome of the last config load (startup counts as the first)."""
-
-    successful: bool = False
-    success_timestamp: float = 0.0
-    source: str = ""
-
-
-@dataclass(slots=True)
-class DaemonView:
-    """What the collector reads; the daemon fills it in and keeps it current."""
-
-    watches: Callable[[], Iterable[Watch]]
-    scheduler: SchedulerStats
-    skipped_in_flight: Callable[[], int]
-    in_flight: Callable[[], dict[str, int]]
-    journal: SinkStats
-    reload: ReloadStatus
-    icmp_sockets: dict[str, str] = field(default_factory=dict)
-    slots: Callable[[], int] = lambda: 0
 
 
 def _le(bound: float) -> str:
@@ -211,11 +194,6 @@ class HostwatchCollector(Collector):
     def view(self) -> DaemonView:
         return self._view
 
-    def daemon_families(self, counts: dict[tuple[str, str], int]) -> Iterator[Metric]:
-        """The daemon-wide families; `counts` is watches by (probe, state). For exposition.py,
-        which writes the per-target families itself (and must match `collect`)."""
-        return self._daemon(counts)
-
     def collect(self) -> Iterator[Metric]:
         families = _Families(time.time())
         counts: dict[tuple[str, str], int] = {}
@@ -224,72 +202,69 @@ class HostwatchCollector(Collector):
             key = (watch.spec.kind.value, watch.state.health.value)
             counts[key] = counts.get(key, 0) + 1
         yield from families.all()
-        yield from self._daemon(counts)
+        yield from daemon_families(self._view.numbers(), counts)
 
-    def _daemon(self, counts: dict[tuple[str, str], int]) -> Iterator[Metric]:
-        v = self._view
-        yield _single(P + "build_info", "Build information; the value is always 1.", "gauge",
-                      {"version": __version__, "python_version": platform.python_version()}, 1)
-        targets = Metric(P + "targets", "Watches (target and probe pairs) by probe and state.",
-                         "gauge")
-        # Every state of every probe kind in use, zeros included: `== 0` and `> 0` both work
-        # in queries, and a series does not vanish when its last watch leaves the state.
-        for probe in sorted({probe for probe, _state in counts}):
-            for state in Health:
-                targets.add_sample(P + "targets", {"probe": probe, "state": state.value},
-                                   float(counts.get((probe, state.value), 0)))
-        yield targets
-        yield from self._scheduler()
-        in_flight = Metric(P + "probes_in_flight", "Probes started and not yet finished.",
-                           "gauge")
-        for probe, count in sorted(v.in_flight().items()):
-            in_flight.add_sample(P + "probes_in_flight", {"probe": probe}, float(count))
-        yield in_flight
-        yield from self._journal_and_config()
 
-    def _scheduler(self) -> Iterator[Metric]:
-        v = self._view
-        st = v.scheduler
-        lag = Metric(P + "scheduler_lag_seconds",
-                     "Delay between a slot job's scheduled time and its start.", "histogram")
-        cumulative = 0
-        for bound, count in zip((*LAG_BUCKETS, float("inf")), st.lag_counts, strict=True):
-            cumulative += count
-            lag.add_sample(P + "scheduler_lag_seconds_bucket", {"le": _le(bound)},
-                           float(cumulative))
-        lag.add_sample(P + "scheduler_lag_seconds_count", {}, float(cumulative))
-        lag.add_sample(P + "scheduler_lag_seconds_sum", {}, st.lag_sum)
-        yield lag
-        yield _single(P + "scheduler_runs", "Slot job runs.", "counter", {}, st.runs,
-                      suffix="_total")
-        skipped = Metric(P + "scheduler_skipped", "Runs or probes skipped, by reason.",
-                         "counter")
-        reasons = {**st.skipped, "in_flight": v.skipped_in_flight()}
-        for reason, count in sorted(reasons.items()):
-            skipped.add_sample(P + "scheduler_skipped_total", {"reason": reason}, float(count))
-        yield skipped
-        yield _single(P + "scheduler_slots", "Slot jobs scheduled.", "gauge", {}, v.slots())
+def daemon_families(v: DaemonNumbers, counts: dict[tuple[str, str], int]) -> Iterator[Metric]:
+    """The daemon-wide families; `counts` is watches by (probe kind, state value)."""
+    yield _single(P + "build_info", "Build information; the value is always 1.", "gauge",
+                  {"version": v.version, "python_version": v.python_version}, 1)
+    targets = Metric(P + "targets", "Watches (target and probe pairs) by probe and state.",
+                     "gauge")
+    # Every state of every probe kind in use, zeros included: `== 0` and `> 0` both work
+    # in queries, and a series does not vanish when its last watch leaves the state.
+    for probe in sorted({probe for probe, _state in counts}):
+        for state in Health:
+            targets.add_sample(P + "targets", {"probe": probe, "state": state.value},
+                               float(counts.get((probe, state.value), 0)))
+    yield targets
+    yield from _scheduler(v)
+    in_flight = Metric(P + "probes_in_flight", "Probes started and not yet finished.", "gauge")
+    for probe, count in v.in_flight:
+        in_flight.add_sample(P + "probes_in_flight", {"probe": probe}, float(count))
+    yield in_flight
+    yield from _journal_and_config(v)
 
-    def _journal_and_config(self) -> Iterator[Metric]:
-        v = self._view
-        yield _single(P + "log_messages", "Log and event entries written.", "counter", {},
-                      v.journal.written, suffix="_total")
-        yield _single(P + "log_messages_dropped",
-                      "Log and event entries dropped because the journal was slow or gone.",
-                      "counter", {}, v.journal.dropped, suffix="_total")
-        yield _single(P + "config_last_reload_successful",
-                      "1 if the last configuration load succeeded.", "gauge", {},
-                      1 if v.reload.successful else 0)
-        yield _single(P + "config_last_reload_success_timestamp_seconds",
-                      "Unix time of the last successful configuration load.", "gauge", {},
-                      v.reload.success_timestamp)
-        sockets = Metric(P + "icmp_socket_info",
-                         "The ICMP socket of each address family: raw, dgram, or unavailable.",
-                         "gauge")
-        for family, mode in sorted(v.icmp_sockets.items()):
-            kind = mode if mode in ("raw", "dgram") else "unavailable"
-            sockets.add_sample(P + "icmp_socket_info", {"family": family, "mode": kind}, 1.0)
-        yield sockets
+
+def _scheduler(v: DaemonNumbers) -> Iterator[Metric]:
+    lag = Metric(P + "scheduler_lag_seconds",
+                 "Delay between a slot job's scheduled time and its start.", "histogram")
+    cumulative = 0
+    for bound, count in zip((*v.lag_buckets, float("inf")), v.lag_counts, strict=True):
+        cumulative += count
+        lag.add_sample(P + "scheduler_lag_seconds_bucket", {"le": _le(bound)},
+                       float(cumulative))
+    lag.add_sample(P + "scheduler_lag_seconds_count", {}, float(cumulative))
+    lag.add_sample(P + "scheduler_lag_seconds_sum", {}, v.lag_sum)
+    yield lag
+    yield _single(P + "scheduler_runs", "Slot job runs.", "counter", {}, v.runs,
+                  suffix="_total")
+    skipped = Metric(P + "scheduler_skipped", "Runs or probes skipped, by reason.", "counter")
+    for reason, count in v.skipped:
+        skipped.add_sample(P + "scheduler_skipped_total", {"reason": reason}, float(count))
+    yield skipped
+    yield _single(P + "scheduler_slots", "Slot jobs scheduled.", "gauge", {}, v.slots)
+
+
+def _journal_and_config(v: DaemonNumbers) -> Iterator[Metric]:
+    yield _single(P + "log_messages", "Log and event entries written.", "counter", {},
+                  v.log_written, suffix="_total")
+    yield _single(P + "log_messages_dropped",
+                  "Log and event entries dropped because the journal was slow or gone.",
+                  "counter", {}, v.log_dropped, suffix="_total")
+    yield _single(P + "config_last_reload_successful",
+                  "1 if the last configuration load succeeded.", "gauge", {},
+                  1 if v.reload_successful else 0)
+    yield _single(P + "config_last_reload_success_timestamp_seconds",
+                  "Unix time of the last successful configuration load.", "gauge", {},
+                  v.reload_timestamp)
+    sockets = Metric(P + "icmp_socket_info",
+                     "The ICMP socket of each address family: raw, dgram, or unavailable.",
+                     "gauge")
+    for family, mode in v.icmp_sockets:
+        kind = mode if mode in ("raw", "dgram") else "unavailable"
+        sockets.add_sample(P + "icmp_socket_info", {"family": family, "mode": kind}, 1.0)
+    yield sockets
 
 
 def _single(name: str, doc: str, kind: str, labels: dict[str, str], value: float, *,
@@ -299,10 +274,19 @@ def _single(name: str, doc: str, kind: str, labels: dict[str, str], value: float
     return metric
 
 
+def process_text(pid: int) -> bytes:
+    """process_* of process `pid`, as prometheus-client writes them."""
+    from prometheus_client.exposition import generate_latest  # noqa: PLC0415
+
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry, pid=lambda: pid)
+    return generate_latest(registry)
+
+
 def new_registry(view: DaemonView) -> CollectorRegistry:
     """A fresh registry with the hostwatch collector and process metrics (process_*).
 
-    process_* reads /proc/<this pid>, not /proc/self: /metrics is rendered in a forked child
+    process_* reads /proc/<this pid>, not /proc/self: /metrics is rendered in another process
     (hostwatch.exposition), whose own CPU time, memory and start time are not the daemon's."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HostwatchCollector(view))

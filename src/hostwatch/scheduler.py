@@ -144,8 +144,9 @@ class SlotScheduler:
         at once if no slot is due or running and none is due within `need`, else right
         after the next slot job has fired its batch (at most two slot widths later).
 
-        For work that blocks the loop briefly, such as fork(): a fork of the daemon at
-        10,000 targets takes 3-5 ms, which would delay every probe of a slot due meanwhile."""
+        For work that blocks the loop briefly: the copy of the state table a scrape takes
+        (~0.5 ms at 10,000 targets, hostwatch.exposition.client) would delay every probe of
+        a slot due meanwhile."""
         if self.quiet_for(time.time()) >= need:
             return
         waiter = asyncio.get_running_loop().create_future()

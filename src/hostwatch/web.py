@@ -12,19 +12,19 @@ import gzip
 import logging
 import socket
 import ssl
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final, Protocol
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-from hostwatch.exposition import Scraper
 from hostwatch.webconfig import Authenticator, WebConfig
 
-__all__ = ["ListenAddress", "WebServer", "parse_listen_address"]
+__all__ = ["ListenAddress", "MetricsBody", "WebServer", "parse_listen_address"]
 
 log = logging.getLogger(__name__)
 
+# The Prometheus text format (what prometheus-client's generate_latest writes), as
+# prometheus-client 0.26 labels it.
+CONTENT_TYPE: Final = "text/plain; version=1.0.0; charset=utf-8"
 MAX_HEADER_BYTES = 16 * 1024
 READ_TIMEOUT = 10.0
 MAX_REQUESTS_PER_CONNECTION = 1000
@@ -61,12 +61,20 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+class MetricsBody(Protocol):
+    """Writes a /metrics response (hostwatch.exposition.Scraper)."""
+
+    async def serve(self, writer: asyncio.StreamWriter, head: bytes, gzipped: bool) -> None:
+        """Write `head`, then the body as HTTP chunks; ConnectionAbortedError if the body
+        could not be completed (the connection must then be closed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Streamed:
-    """A body produced while it is sent (chunked transfer encoding); `chunks(gzipped)`."""
+    """The /metrics response: chunked transfer encoding, written by `body`."""
 
-    chunks: Callable[[bool], AsyncGenerator[bytes, None]]
-    content_type: str = CONTENT_TYPE_LATEST
+    body: MetricsBody
+    content_type: str = CONTENT_TYPE
 
 
 _UNAUTHORIZED = Response(401, b"authentication required\n",
@@ -82,14 +90,11 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
 class WebServer:
     """Routes requests; `reload` is called for POST /-/reload and returns (ok, message)."""
 
-    def __init__(self, registry: CollectorRegistry,
+    def __init__(self, metrics: MetricsBody,
                  reload: Callable[[], Awaitable[tuple[bool, str]]],
                  ready: Callable[[], bool], targets_json: Callable[[], bytes],
-                 status_html: Callable[[str], bytes], *,
-                 quiet: Callable[[], Awaitable[None]] | None = None) -> None:
-        """`quiet`: awaited before /metrics forks its renderer (see exposition.Scraper)."""
-        self._registry = registry
-        self._scraper = Scraper(registry, quiet=quiet)
+                 status_html: Callable[[str], bytes]) -> None:
+        self._metrics_body = metrics
         self._targets_json = targets_json
         self._status_html = status_html
         self._reload = reload
@@ -182,9 +187,9 @@ class WebServer:
         return handler()
 
     def _metrics(self) -> Streamed:
-        """Rendered in a forked child and streamed (hostwatch.exposition): a scrape of
+        """Rendered and written by the renderer process (hostwatch.exposition): a scrape of
         thousands of targets never holds up the event loop."""
-        return Streamed(self._scraper.chunks)
+        return Streamed(self._metrics_body)
 
     def _targets(self) -> Response:
         return Response(200, self._targets_json(), "application/json")
@@ -244,17 +249,10 @@ async def _write_streamed(writer: asyncio.StreamWriter, response: Streamed, keep
     encoding = "Content-Encoding: gzip\r\n" if gz else ""
     head = (f"HTTP/1.1 200 OK\r\nContent-Type: {response.content_type}\r\n"
             f"Transfer-Encoding: chunked\r\n{encoding}"
-            f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n")
-    writer.write(head.encode("latin-1"))
-    if not head_only:
-        async with contextlib.aclosing(response.chunks(gz)) as chunks:
-            async for chunk in chunks:
-                if chunk:
-                    writer.write(b"%x\r\n" % len(chunk))
-                    writer.write(chunk)
-                    writer.write(b"\r\n")
-                    async with asyncio.timeout(READ_TIMEOUT):
-                        await writer.drain()
-        writer.write(b"0\r\n\r\n")
+            f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n").encode("latin-1")
+    if head_only:
+        writer.write(head)
+    else:
+        await response.body.serve(writer, head, gz)
     async with asyncio.timeout(READ_TIMEOUT):
         await writer.drain()
