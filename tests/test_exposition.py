@@ -25,7 +25,7 @@ from prometheus_client.exposition import generate_latest
 
 from hostwatch.config import parse_config
 from hostwatch.exposition.book import RowBook
-from hostwatch.exposition.client import Scraper
+from hostwatch.exposition.client import Scraper, _Process
 from hostwatch.exposition.rows import row_dynamic, row_static
 from hostwatch.exposition.text import Renderer, TableView
 from hostwatch.journal import SinkStats
@@ -482,3 +482,18 @@ def _cmdline(pid: int) -> bytes:
             return f.read()
     except OSError:
         return b""
+
+
+def test_a_reply_expected_from_an_ended_renderer_fails_at_once() -> None:
+    """A scrape that asks a renderer which has just died for a reply is not left waiting
+    (it would hold the snapshot for every other scrape until its timeout)."""
+    async def test() -> None:
+        process = _Process(None, socket.socket())  # type: ignore[arg-type]
+        before = process.expect("done", 1)
+        process.fail_all(ConnectionAbortedError("gone"))
+        after = process.expect("rendered", 1)
+        for future in (before, after):
+            with pytest.raises(ConnectionAbortedError):
+                await future
+        process.sock.close()
+    asyncio.run(test())

@@ -50,6 +50,7 @@ RESPONSE_TIMEOUT: Final = 90.0  # seconds a response may take before the rendere
 DESCRIBE_BATCH: Final = 200  # row descriptions per message
 MAX_IN_FLIGHT: Final = 4  # responses the renderer writes at once; more wait for a turn
 RESTART_FIRST, RESTART_MAX = 0.5, 30.0  # seconds before starting a dead renderer again
+WRITE_TIMEOUT: Final = 10.0  # seconds a client may take to accept more of what we send
 SNAPSHOT_QUIET: Final = 0.002  # seconds of quiet event loop the snapshot copy waits for
 _ENV_DROP: Final = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID",
                     "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -61,16 +62,22 @@ class _Process:
     def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
         self.proc, self.sock = proc, sock
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready.add_done_callback(_retrieved)  # a renderer may die before anyone waited
         self.replies: dict[tuple[str, int], asyncio.Future[str | None]] = {}
-        self.ended = asyncio.Event()
+        self.ended: BaseException | None = None
 
     def expect(self, kind: str, request: int) -> asyncio.Future[str | None]:
+        """The future of a reply; already failed if the process has ended."""
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)  # a request that failed early awaits only one
-        self.replies[(kind, request)] = future
+        if self.ended is not None:
+            future.set_exception(self.ended)
+        else:
+            self.replies[(kind, request)] = future
         return future
 
     def fail_all(self, error: BaseException) -> None:
+        self.ended = error
         futures: list[asyncio.Future[Any]] = [self.ready, *self.replies.values()]
         for future in futures:
             if not future.done():
@@ -101,7 +108,6 @@ class Scraper:
         self._watch_of: list[Watch | None] = []
         self._described: list[int] = []
         self._order: tuple[int, ...] = ()
-        self._restarts = 0
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
         self._local: tuple[RowBook, Renderer] | None = None  # the in-loop fallback, when used
@@ -145,7 +151,6 @@ class Scraper:
             code = process.proc.returncode
             if time.monotonic() - started > 60:
                 delay = RESTART_FIRST
-            self._restarts += 1
             log.warning("the /metrics renderer exited (%s); starting it again in %.1f s",
                         _status(code), delay)
             await asyncio.sleep(delay)
@@ -319,7 +324,8 @@ class Scraper:
         transport = writer.transport
         transport.set_write_buffer_limits(high=0)
         try:
-            await writer.drain()  # nothing of ours may still be queued for this socket
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()  # nothing of ours may still be queued for this socket
         finally:
             transport.set_write_buffer_limits()
         sock = writer.get_extra_info("socket")
@@ -344,7 +350,7 @@ class Scraper:
         try:
             async for piece in _read_pipe(read_fd):
                 writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
-                async with asyncio.timeout(10.0):
+                async with asyncio.timeout(WRITE_TIMEOUT):
                     await writer.drain()
         except BaseException:
             rendering.cancel()  # the client went away: the worker's writes end in EPIPE
@@ -398,10 +404,13 @@ class Scraper:
     async def _serve_in_loop(self, writer: asyncio.StreamWriter, head: bytes,
                              gzipped: bool) -> None:
         writer.write(head)
-        for piece in _encode(self.render_here(), gzipped):
+        # Rendered whole before the first await: one instant of the live table, and no view
+        # of its buffers held while a reload might grow them.
+        pieces = list(_encode(self.render_here(), gzipped))
+        for piece in pieces:
             if piece:
                 writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
-                async with asyncio.timeout(10.0):
+                async with asyncio.timeout(WRITE_TIMEOUT):
                     await writer.drain()
         writer.write(b"0\r\n\r\n")
 
@@ -434,7 +443,7 @@ def _describe(watches: list[Watch]) -> tuple[str, list[tuple[int, RowStatic, Row
     return "describe", [(w.state.row, row_static(w), row_dynamic(w)) for w in watches]
 
 
-def _retrieved(future: asyncio.Future[str | None]) -> None:
+def _retrieved(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 

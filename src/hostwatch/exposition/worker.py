@@ -93,6 +93,8 @@ class Body(threading.Thread):
         error: str | None = None
         try:
             self._write_body()
+        except MemoryError:
+            os._exit(70)  # fatal, as in the daemon: the daemon starts a fresh renderer
         except Exception as err:  # reported; the daemon cuts the response short
             error = f"{type(err).__name__}: {err}"
         finally:
